@@ -1,0 +1,308 @@
+"""Registration losses. Every ``*_loss`` is lower-is-better and returns a scalar tensor.
+
+Image similarities take ``(B, C, *spatial)`` floating tensors; regularisers take a field
+``(B, ndim, *spatial)`` in voxels. Each function has a thin ``nn.Module`` twin that stores its
+settings (``MSELoss``, ``NCCLoss``, ...), so a training loop can hold a configured loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_choice, check_field, check_image, check_positive_int, check_same_shape
+
+__all__ = [
+    "mse_loss",
+    "ncc_loss",
+    "global_ncc_loss",
+    "mi_loss",
+    "dice_loss",
+    "grad_loss",
+    "bending_loss",
+    "local_means",
+    "MSELoss",
+    "NCCLoss",
+    "GlobalNCCLoss",
+    "MILoss",
+    "DiceLoss",
+    "GradLoss",
+    "BendingLoss",
+    "similarity_loss",
+]
+
+
+def _check_pair(fn: str, a: torch.Tensor, b: torch.Tensor) -> int:
+    ndim = check_image(fn, "a", a)
+    check_image(fn, "b", b)
+    check_same_shape(fn, "a", a, "b", b)
+    return ndim
+
+
+def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared intensity difference.
+
+    Args:
+        a, b: ``(B, C, *spatial)``.
+
+    Returns:
+        Scalar; 0 for identical inputs.
+    """
+    _check_pair("morphreg.losses.mse_loss", a, b)
+    return torch.mean((a - b) ** 2)
+
+
+def local_means(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a ``window``^ndim cube around each voxel (zero padded), separably.
+
+    Args:
+        x: ``(N, C, *spatial)``.
+
+    Returns:
+        ``(N, C, *spatial)``; ``ndim`` one-dimensional box filters instead of one dense one.
+    """
+    ndim = x.dim() - 2
+    pool = getattr(F, f"avg_pool{ndim}d")
+    for axis in range(ndim):
+        kernel = [1] * ndim
+        kernel[axis] = window
+        padding = [0] * ndim
+        padding[axis] = window // 2
+        x = pool(x, kernel_size=kernel, stride=1, padding=padding, count_include_pad=True)
+    return x
+
+
+def ncc_loss(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-8) -> torch.Tensor:
+    """Negative local (squared) normalised cross-correlation, as in VoxelMorph.
+
+    For each voxel, over a ``window``^ndim neighbourhood: ``cc = cov(a,b)^2 / (var a * var b)``,
+    which lies in [0, 1]; the loss is ``-mean(cc)``, so -1 is a perfect local match.
+    Constant regions (zero variance) contribute 0 instead of NaN/inf, variances are clamped at
+    zero against round-off, and the value is invariant to a positive linear intensity change of
+    either image (up to ``eps``, which is relative to intensities of order 1).
+
+    Args:
+        a, b: ``(B, C, *spatial)``; channels are treated independently and averaged.
+        window: odd window width in voxels (9 in the paper).
+        eps: stabiliser added to the variance product.
+
+    Returns:
+        Scalar in [-1, 0].
+    """
+    fn = "morphreg.losses.ncc_loss"
+    _check_pair(fn, a, b)
+    check_positive_int(fn, "window", window)
+    if window % 2 == 0:
+        raise ValueError(f"{fn}: argument 'window' must be odd, got {window}")
+    stats = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    means = local_means(stats, window)
+    mean_a, mean_b, mean_aa, mean_bb, mean_ab = torch.chunk(means, 5, dim=1)
+    var_a = (mean_aa - mean_a * mean_a).clamp_min(0.0)
+    var_b = (mean_bb - mean_b * mean_b).clamp_min(0.0)
+    cov = mean_ab - mean_a * mean_b
+    cc = cov * cov / (var_a * var_b + eps)
+    return -torch.mean(cc)
+
+
+def global_ncc_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Negative global Pearson correlation per image and channel, averaged.
+
+    Args:
+        a, b: ``(B, C, *spatial)``.
+
+    Returns:
+        Scalar in [-1, 1]; -1 for ``b = s * a + t`` with ``s > 0``.
+    """
+    _check_pair("morphreg.losses.global_ncc_loss", a, b)
+    a = a.flatten(2)
+    b = b.flatten(2)
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    cov = (a * b).mean(-1)
+    norm = torch.sqrt((a * a).mean(-1) * (b * b).mean(-1) + eps)
+    return -torch.mean(cov / norm)
+
+
+def mi_loss(
+    a: torch.Tensor, b: torch.Tensor, bins: int = 32, sigma_ratio: float = 0.5
+) -> torch.Tensor:
+    """Negative mutual information with Gaussian Parzen windows (differentiable, multimodal).
+
+    Each image is min-max scaled to [0, 1] (per sample; the scaling is not differentiated) and
+    softly assigned to ``bins`` equally spaced bins with a Gaussian of width
+    ``sigma_ratio * bin spacing``.
+
+    Args:
+        a, b: ``(B, 1, *spatial)``.
+        bins: number of histogram bins per image.
+        sigma_ratio: Parzen window width relative to the bin spacing.
+
+    Returns:
+        Scalar, ``-mean_B MI(a, b)`` in nats.
+    """
+    fn = "morphreg.losses.mi_loss"
+    _check_pair(fn, a, b)
+    if a.shape[1] != 1:
+        raise ValueError(f"{fn}: arguments 'a' and 'b' must have 1 channel, got {a.shape[1]}")
+    check_positive_int(fn, "bins", bins, minimum=2)
+    centres = torch.linspace(0.0, 1.0, bins, device=a.device, dtype=a.dtype)
+    sigma = sigma_ratio / (bins - 1)
+
+    def soft_bins(x: torch.Tensor) -> torch.Tensor:  # (B, N, bins)
+        x = x.flatten(1)
+        lo = x.detach().amin(1, keepdim=True)
+        hi = x.detach().amax(1, keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+        w = torch.exp(-0.5 * ((x.unsqueeze(-1) - centres) / sigma) ** 2)
+        return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    wa, wb = soft_bins(a), soft_bins(b)
+    joint = torch.bmm(wa.transpose(1, 2), wb) / wa.shape[1]  # (B, bins, bins)
+    pa = joint.sum(2, keepdim=True)
+    pb = joint.sum(1, keepdim=True)
+    tiny = 1e-10
+    mi = (joint * (torch.log(joint + tiny) - torch.log(pa * pb + tiny))).sum((1, 2))
+    return -mi.mean()
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Soft multi-label Dice loss, ``1 - mean over channels of soft Dice``.
+
+    Args:
+        pred, target: ``(B, L, *spatial)`` label probabilities or one-hot maps (float).
+
+    Returns:
+        Scalar in [0, 1]; 0 when ``pred == target`` (one-hot).
+    """
+    fn = "morphreg.losses.dice_loss"
+    check_image(fn, "pred", pred)
+    check_image(fn, "target", target)
+    check_same_shape(fn, "pred", pred, "target", target)
+    dims = tuple(range(2, pred.dim()))
+    inter = (pred * target).sum(dims)
+    total = pred.sum(dims) + target.sum(dims)
+    return 1.0 - torch.mean((2.0 * inter + eps) / (total + eps))
+
+
+def grad_loss(disp: torch.Tensor, penalty: str = "l2") -> torch.Tensor:
+    """Diffusion regulariser: mean squared (or absolute) forward difference of the field.
+
+    ``mean over axes of mean(|u(x + e_k) - u(x)|^p)``; in voxel units, so the penalty of a given
+    physical deformation does not depend on how many voxels the image has along an axis.
+
+    Args:
+        disp: ``(B, ndim, *spatial)``.
+        penalty: ``"l2"`` (the paper's ‖∇u‖²) or ``"l1"``.
+
+    Returns:
+        Scalar; 0 for a constant field.
+    """
+    fn = "morphreg.losses.grad_loss"
+    ndim = check_field(fn, "disp", disp)
+    check_choice(fn, "penalty", penalty, ("l1", "l2"))
+    total = disp.new_zeros(())
+    for axis in range(2, 2 + ndim):
+        d = torch.diff(disp, dim=axis)
+        total = total + (d * d if penalty == "l2" else d.abs()).mean()
+    return total / ndim
+
+
+def bending_loss(disp: torch.Tensor) -> torch.Tensor:
+    """Bending energy: mean over voxels of ``sum_ij (d_i d_j u)^2`` (central differences).
+
+    Args:
+        disp: ``(B, ndim, *spatial)``; every spatial size >= 3.
+
+    Returns:
+        Scalar; exactly 0 for an affine (linear) field.
+    """
+    fn = "morphreg.losses.bending_loss"
+    ndim = check_field(fn, "disp", disp)
+    if min(disp.shape[2:]) < 3:
+        raise ValueError(f"{fn}: every spatial size of 'disp' must be >= 3, got {tuple(disp.shape)}")
+    axes = tuple(range(2, 2 + ndim))
+    first = torch.gradient(disp, dim=axes)
+    total = disp.new_zeros(())
+    for i in range(ndim):
+        second = torch.gradient(first[i], dim=axes[i:])  # d_i d_j for j >= i
+        for offset, d2 in enumerate(second):
+            weight = 1.0 if offset == 0 else 2.0  # mixed terms appear twice
+            total = total + weight * (d2 * d2).mean()
+    return total
+
+
+def similarity_loss(name: str, **settings: float) -> nn.Module:
+    """Build a similarity loss module by name: ``"mse"``, ``"ncc"``, ``"gncc"`` or ``"mi"``."""
+    table: dict[str, type[nn.Module]] = {
+        "mse": MSELoss,
+        "ncc": NCCLoss,
+        "gncc": GlobalNCCLoss,
+        "mi": MILoss,
+    }
+    check_choice("morphreg.losses.similarity_loss", "name", name, list(table))
+    return table[name](**settings)
+
+
+class MSELoss(nn.Module):
+    """Module twin of :func:`mse_loss`."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return mse_loss(a, b)
+
+
+class NCCLoss(nn.Module):
+    """Module twin of :func:`ncc_loss`."""
+
+    def __init__(self, window: int = 9, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.window = window
+        self.eps = eps
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ncc_loss(a, b, window=self.window, eps=self.eps)
+
+
+class GlobalNCCLoss(nn.Module):
+    """Module twin of :func:`global_ncc_loss`."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return global_ncc_loss(a, b)
+
+
+class MILoss(nn.Module):
+    """Module twin of :func:`mi_loss`."""
+
+    def __init__(self, bins: int = 32, sigma_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.bins = bins
+        self.sigma_ratio = sigma_ratio
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return mi_loss(a, b, bins=self.bins, sigma_ratio=self.sigma_ratio)
+
+
+class DiceLoss(nn.Module):
+    """Module twin of :func:`dice_loss`."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return dice_loss(pred, target)
+
+
+class GradLoss(nn.Module):
+    """Module twin of :func:`grad_loss`."""
+
+    def __init__(self, penalty: str = "l2") -> None:
+        super().__init__()
+        check_choice("morphreg.losses.GradLoss", "penalty", penalty, ("l1", "l2"))
+        self.penalty = penalty
+
+    def forward(self, disp: torch.Tensor) -> torch.Tensor:
+        return grad_loss(disp, penalty=self.penalty)
+
+
+class BendingLoss(nn.Module):
+    """Module twin of :func:`bending_loss`."""
+
+    def forward(self, disp: torch.Tensor) -> torch.Tensor:
+        return bending_loss(disp)

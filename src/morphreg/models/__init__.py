@@ -1,0 +1,17 @@
+"""Registration networks and their checkpoints."""
+
+from .checkpoint import CheckpointError, SavableModel, load_model
+from .layers import ConvBlock, SpatialTransformer, UNet, VecInt
+from .vxm import RegistrationOutput, VxmDense
+
+__all__ = [
+    "CheckpointError",
+    "ConvBlock",
+    "RegistrationOutput",
+    "SavableModel",
+    "SpatialTransformer",
+    "UNet",
+    "VecInt",
+    "VxmDense",
+    "load_model",
+]

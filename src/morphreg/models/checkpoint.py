@@ -1,0 +1,137 @@
+"""Saving and loading models: one file holding ``{format, model, config, state_dict, metadata}``.
+
+Files are read with ``torch.load(..., weights_only=True)`` (no code is ever executed from a
+checkpoint) and written atomically (temporary file in the same folder, then ``os.replace``),
+so an interrupted save never leaves a broken file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+FORMAT = "morphreg-checkpoint-v1"
+_REGISTRY: dict[str, type[SavableModel]] = {}
+
+T = TypeVar("T", bound="SavableModel")
+
+
+class CheckpointError(ValueError):
+    """A file is not a loadable morphreg checkpoint (message says why)."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure becomes a ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint '{path}' was refused: it contains objects other than tensors and plain "
+            f"data (possibly code), which morphreg never loads ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a readable PyTorch file (truncated or corrupt?): "
+            f"{first[:160]}"
+        ) from None
+
+
+class SavableModel(nn.Module):
+    """Base of morphreg models: the constructor arguments are the config saved with the weights.
+
+    Subclasses call ``self._store_config(...)`` with their (JSON-compatible) constructor
+    arguments and are registered by class name, so :meth:`load` rebuilds the architecture.
+    """
+
+    config: dict[str, Any]
+    registry_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.registry_name = cls.__name__
+        _REGISTRY[cls.__name__] = cls
+
+    def _store_config(self, **config: Any) -> None:
+        self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    def checkpoint(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The dictionary written by :meth:`save` (CPU tensors, plain data only)."""
+        return {
+            "format": FORMAT,
+            "model": self.registry_name,
+            "config": dict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "metadata": dict(metadata or {}),
+        }
+
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+        """Write config + weights (+ metadata) to ``path`` atomically."""
+        atomic_torch_save(self.checkpoint(metadata), path)
+
+    @classmethod
+    def from_checkpoint(cls: type[T], ckpt: Any, source: str = "checkpoint") -> T:
+        """Rebuild a model from a checkpoint dictionary (see :meth:`checkpoint`)."""
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+            raise CheckpointError(f"{source} is not a morphreg model checkpoint")
+        name = ckpt.get("model")
+        if name not in _REGISTRY:
+            raise CheckpointError(f"{source} holds an unknown model type {name!r}")
+        model_cls = _REGISTRY[name]
+        if cls is not SavableModel and not issubclass(model_cls, cls):
+            raise CheckpointError(f"{source} holds a {name}, not a {cls.__name__}")
+        config = ckpt.get("config")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{source} has no model config")
+        try:
+            model = model_cls(**config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{source} has an invalid {name} config: {err}") from None
+        try:
+            model.load_state_dict(ckpt["state_dict"], strict=True)
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{source}: weights do not match the {name} architecture in its config ({first[:200]})"
+            ) from None
+        return model  # type: ignore[return-value]
+
+    @classmethod
+    def load(cls: type[T], path: str | os.PathLike[str], map_location: Any = "cpu") -> T:
+        """Load a model saved with :meth:`save`; the class is rebuilt from the stored config."""
+        ckpt = safe_torch_load(path, map_location=map_location)
+        return cls.from_checkpoint(ckpt, source=f"checkpoint '{path}'")
+
+
+def load_model(path: str | os.PathLike[str], map_location: Any = "cpu") -> SavableModel:
+    """Load any morphreg model (VxmDense, AffineNet, ...) from a checkpoint file."""
+    return SavableModel.load(path, map_location=map_location)

@@ -1,0 +1,122 @@
+"""Building blocks shared by the networks (dimension-generic: ndim picks Conv2d/Conv3d)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import spatial
+
+
+def conv_class(ndim: int) -> type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d`` for ``ndim`` spatial dimensions."""
+    return getattr(nn, f"Conv{ndim}d")
+
+
+class ConvBlock(nn.Sequential):
+    """3^ndim convolution (stride 1 or 2), then LeakyReLU(0.2)."""
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(
+            conv_class(ndim)(in_channels, out_channels, 3, stride=stride, padding=1),
+            nn.LeakyReLU(0.2),
+        )
+
+
+class UNet(nn.Module):
+    """VoxelMorph's U-Net: conv + max-pool encoder, conv + nearest-upsample + skip decoder.
+
+    With ``enc=(16,32,32,32)`` and ``dec=(32,32,32,32,32,16,16)`` this is the architecture of
+    Balakrishnan et al. (2019): the first ``len(enc)`` decoder convs each upsample and concatenate
+    the matching encoder output; the remaining ones run at full resolution.
+
+    Input ``(B, in_channels, *spatial)`` with every spatial size divisible by ``2**len(enc)``;
+    output ``(B, dec[-1], *spatial)``.
+    """
+
+    def __init__(
+        self, ndim: int, in_channels: int, enc: Sequence[int], dec: Sequence[int]
+    ) -> None:
+        super().__init__()
+        if len(dec) < len(enc):
+            raise ValueError(
+                f"UNet: 'dec' needs at least len(enc)={len(enc)} entries, got {len(dec)}"
+            )
+        self.levels = len(enc)
+        self.encoder = nn.ModuleList()
+        skip_channels = []
+        prev = in_channels
+        for nf in enc:
+            self.encoder.append(ConvBlock(ndim, prev, nf))
+            skip_channels.append(nf)
+            prev = nf
+        self.pool = getattr(nn, f"MaxPool{ndim}d")(2)
+        self.decoder = nn.ModuleList()
+        for level, nf in enumerate(dec[: len(enc)]):
+            self.decoder.append(ConvBlock(ndim, prev, nf))
+            prev = nf + skip_channels[-1 - level]
+        self.remaining = nn.ModuleList()
+        for nf in dec[len(enc) :]:
+            self.remaining.append(ConvBlock(ndim, prev, nf))
+            prev = nf
+        self.out_channels = prev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        for block in self.decoder:
+            x = block(x)
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = torch.cat([x, skips.pop()], dim=1)
+        for block in self.remaining:
+            x = block(x)
+        return x
+
+
+class SpatialTransformer(nn.Module):
+    """Module twin of :func:`morphreg.spatial.warp` (stores ``mode`` and ``padding``)."""
+
+    def __init__(self, mode: str = "linear", padding: str = "border") -> None:
+        super().__init__()
+        self.mode = mode
+        self.padding = padding
+
+    def forward(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        return spatial.warp(image, disp, mode=self.mode, padding=self.padding)
+
+
+class VecInt(nn.Module):
+    """Module twin of :func:`morphreg.spatial.integrate` (scaling and squaring)."""
+
+    def __init__(self, steps: int = 7) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def forward(self, velocity: torch.Tensor) -> torch.Tensor:
+        return spatial.integrate(velocity, self.steps)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[int]]:
+    """Zero-pad the spatial dims of ``(B, C, *spatial)`` at the end up to a multiple.
+
+    Returns:
+        The padded tensor and the original spatial shape (to crop back with :func:`crop_to`).
+    """
+    shape = list(x.shape[2:])
+    pad: list[int] = []
+    for s in reversed(shape):
+        pad += [0, (-s) % multiple]
+    if any(pad):
+        x = F.pad(x, pad)
+    return x, shape
+
+
+def crop_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Crop the spatial dims of ``(B, C, *spatial)`` to ``shape`` (from the start)."""
+    return x[(slice(None), slice(None), *[slice(0, s) for s in shape])]

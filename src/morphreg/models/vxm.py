@@ -1,0 +1,146 @@
+"""VxmDense: the VoxelMorph registration network (displacement or diffeomorphic, 2D or 3D)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import spatial
+from .._checks import check_choice, check_image, check_positive_int
+from .checkpoint import SavableModel
+from .layers import UNet, conv_class, crop_to, pad_to_multiple
+
+
+class RegistrationOutput(NamedTuple):
+    """What a registration network returns (the same fields whatever its flags).
+
+    Attributes:
+        moved: ``(B, C, *spatial)`` moving image warped to the fixed one.
+        disp: ``(B, ndim, *spatial)`` full-resolution displacement in voxels;
+            ``spatial.warp(moving, disp)`` gives ``moved``.
+        velocity: ``(B, ndim, *s)`` the stationary velocity field (at ``1/int_downsize``
+            resolution) for diffeomorphic models, else ``None``.
+        inverse_disp: ``(B, ndim, *spatial)`` displacement of the inverse transform
+            (diffeomorphic models only, else ``None``).
+        moved_fixed: ``(B, C, *spatial)`` fixed image warped to the moving one by
+            ``inverse_disp`` when ``bidir=True``, else ``None``.
+    """
+
+    moved: torch.Tensor
+    disp: torch.Tensor
+    velocity: torch.Tensor | None
+    inverse_disp: torch.Tensor | None
+    moved_fixed: torch.Tensor | None
+
+
+class VxmDense(SavableModel):
+    """VoxelMorph ``g(m, f)``: a U-Net on the concatenated pair predicting a dense field.
+
+    Args:
+        ndim: 2 or 3 spatial dimensions.
+        enc, dec: U-Net encoder and decoder widths (the paper's defaults).
+        int_steps: 0 predicts a displacement; > 0 predicts a stationary velocity integrated
+            by scaling and squaring with this many steps (the diffeomorphic variant).
+        int_downsize: integrate at ``1/int_downsize`` resolution (1 or 2), then upsample.
+        bidir: also warp the fixed image to the moving one (diffeomorphic models).
+        in_channels: channels of each input image (1 for grey-level MRI).
+
+    Any input size works: the pair is zero-padded to a multiple of ``2**len(enc)`` and the
+    field cropped back. ``forward(moving, fixed)`` returns a :class:`RegistrationOutput`.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        enc: Sequence[int] = (16, 32, 32, 32),
+        dec: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
+        int_steps: int = 0,
+        int_downsize: int = 1,
+        bidir: bool = False,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        fn = "VxmDense"
+        check_choice(fn, "ndim", ndim, (2, 3))
+        check_positive_int(fn, "int_steps", int_steps, minimum=0)
+        check_choice(fn, "int_downsize", int_downsize, (1, 2, 4))
+        check_positive_int(fn, "in_channels", in_channels)
+        if bidir and int_steps == 0:
+            raise ValueError(
+                f"{fn}: bidir=True needs a diffeomorphic model (int_steps > 0) to invert the field"
+            )
+        self._store_config(
+            ndim=ndim,
+            enc=tuple(enc),
+            dec=tuple(dec),
+            int_steps=int_steps,
+            int_downsize=int_downsize,
+            bidir=bidir,
+            in_channels=in_channels,
+        )
+        self.ndim = ndim
+        self.int_steps = int_steps
+        self.int_downsize = int_downsize
+        self.bidir = bidir
+        self.in_channels = in_channels
+        self.multiple = 2 ** len(enc)
+        self.unet = UNet(ndim, 2 * in_channels, enc, dec)
+        self.flow = conv_class(ndim)(self.unet.out_channels, ndim, 3, padding=1)
+        nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+
+    def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        fn = "VxmDense.forward"
+        ndim = check_image(fn, "moving", moving, channels=self.in_channels)
+        check_image(fn, "fixed", fixed, channels=self.in_channels)
+        if ndim != self.ndim:
+            raise ValueError(
+                f"{fn}: this model is {self.ndim}D but 'moving' has {ndim} spatial dims "
+                f"(shape {tuple(moving.shape)})"
+            )
+        if moving.shape != fixed.shape:
+            raise ValueError(
+                f"{fn}: 'moving' and 'fixed' must have the same shape, got "
+                f"{tuple(moving.shape)} and {tuple(fixed.shape)}"
+            )
+
+    def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Raw network output: displacement or velocity ``(B, ndim, *padded)`` on the padded grid."""
+        pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
+        return self.flow(self.unet(pair))
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+        """Register ``moving`` to ``fixed``.
+
+        Args:
+            moving, fixed: ``(B, in_channels, *spatial)``, same shape.
+
+        Returns:
+            :class:`RegistrationOutput`.
+        """
+        self._check_inputs(moving, fixed)
+        shape = list(moving.shape[2:])
+        field = self.predict_field(moving, fixed)
+        padded = list(field.shape[2:])
+        velocity = inverse_disp = moved_fixed = None
+        if self.int_steps > 0:
+            velocity = field
+            if self.int_downsize > 1:
+                velocity = spatial.resize(field, scale_factor=1.0 / self.int_downsize)
+            disp = self._exp(velocity, padded)
+            if self.bidir:
+                inverse_disp = crop_to(self._exp(-velocity, padded), shape)
+        else:
+            disp = field
+        disp = crop_to(disp, shape)
+        moved = spatial.warp(moving, disp)
+        if self.bidir and inverse_disp is not None:
+            moved_fixed = spatial.warp(fixed, inverse_disp)
+        return RegistrationOutput(moved, disp, velocity, inverse_disp, moved_fixed)
+
+    def _exp(self, velocity: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        disp = spatial.integrate(velocity, self.int_steps)
+        return spatial.resize(disp, size=size)

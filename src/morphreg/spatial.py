@@ -1,0 +1,295 @@
+"""Spatial transforms on dense fields: the one place that defines morphreg's grid convention.
+
+Conventions (tested in ``tests/test_spatial.py``):
+
+* Images are ``(B, C, *spatial)``; fields (displacement or velocity) are ``(B, ndim, *spatial)``
+  in **voxel units**, component ``k`` displacing along tensor axis ``2 + k`` (ij order, the same
+  order as the array axes — never xy).
+* Warping is pull-back: ``moved(x) = moving(x + disp(x))``.
+* Only :func:`_to_sampling_grid` speaks ``torch.nn.functional.grid_sample``'s language
+  (normalised, reversed (x, y, z) coordinates with ``align_corners=True``).
+
+The number of spatial dimensions is always read from the tensor; 2D and 3D share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import (
+    check_batch,
+    check_choice,
+    check_field,
+    check_image,
+    check_positive_int,
+    check_tensor,
+)
+
+ALIGN_CORNERS = True
+INTERP_MODES = ("linear", "nearest")
+PADDING_MODES = ("zeros", "border", "reflection")
+# torch names linear interpolation after the dimension; morphreg always says "linear".
+_TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+__all__ = [
+    "ALIGN_CORNERS",
+    "identity_grid",
+    "warp",
+    "compose",
+    "integrate",
+    "resize",
+    "affine_to_disp",
+    "jacobian",
+    "jacobian_det",
+]
+
+
+def identity_grid(
+    shape: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Voxel coordinates of every voxel.
+
+    Args:
+        shape: spatial shape ``(*spatial)``, 2 or 3 entries.
+
+    Returns:
+        Tensor ``(ndim, *spatial)``: ``grid[k, i0, i1, ...] = i_k``.
+    """
+    axes = [torch.arange(int(s), device=device, dtype=dtype) for s in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def _to_sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+    """Voxel displacement ``(B, ndim, *spatial)`` -> grid_sample grid ``(B, *spatial, ndim)``.
+
+    The only function that knows grid_sample's normalised [-1, 1], reversed-axis convention.
+    """
+    spatial = disp.shape[2:]
+    ndim = len(spatial)
+    coords = identity_grid(spatial, device=disp.device, dtype=disp.dtype).unsqueeze(0) + disp
+    # size-1 axes: any coordinate maps to the single sample (avoid dividing by zero).
+    scale = torch.tensor(
+        [2.0 / max(s - 1, 1) for s in spatial], device=disp.device, dtype=disp.dtype
+    ).view(1, ndim, *([1] * ndim))
+    normalised = coords * scale - 1.0
+    return normalised.movedim(1, -1).flip(-1)
+
+
+def warp(
+    image: torch.Tensor,
+    disp: torch.Tensor,
+    mode: str = "linear",
+    padding: str = "border",
+) -> torch.Tensor:
+    """Pull-back warp: ``moved(x) = image(x + disp(x))``.
+
+    Args:
+        image: ``(B, C, *spatial)``; floating point, or an integer label map with
+            ``mode="nearest"`` (the result then keeps the integer dtype).
+        disp: ``(B, ndim, *spatial)`` displacement in voxels; batch 1 broadcasts.
+        mode: ``"linear"`` (bi/trilinear) or ``"nearest"``.
+        padding: value outside the image: ``"zeros"``, ``"border"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, *spatial)`` warped image, same dtype as ``image``.
+    """
+    fn = "morphreg.spatial.warp"
+    check_image(fn, "image", image, floating=False)
+    ndim = check_field(fn, "disp", disp, spatial=image.shape[2:])
+    check_choice(fn, "mode", mode, INTERP_MODES)
+    check_choice(fn, "padding", padding, PADDING_MODES)
+    check_batch(fn, "image", image, "disp", disp)
+    if image.dim() - 2 != ndim:
+        raise ValueError(f"{fn}: image has {image.dim() - 2} spatial dims but disp has {ndim}")
+    integer_labels = not image.is_floating_point()
+    if integer_labels and mode != "nearest":
+        raise TypeError(
+            f"{fn}: argument 'image' has integer dtype {image.dtype}; integer label maps must be "
+            "warped with mode='nearest' (or converted to float / one-hot first)"
+        )
+    if integer_labels:
+        # float64 represents every label up to 2**53 exactly
+        values = image.to(torch.float64)
+        disp = disp.to(torch.float64)
+    else:
+        values = image
+        disp = disp.to(image.dtype)
+    batch = max(values.shape[0], disp.shape[0])
+    values = values.expand(batch, *values.shape[1:])
+    grid = _to_sampling_grid(disp).expand(batch, *disp.shape[2:], ndim)
+    moved = F.grid_sample(
+        values,
+        grid,
+        mode="bilinear" if mode == "linear" else "nearest",
+        padding_mode=padding,
+        align_corners=ALIGN_CORNERS,
+    )
+    if integer_labels:
+        moved = moved.round().to(image.dtype)
+    return moved
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Displacement of "apply ``first``, then ``second``" to an image.
+
+    ``warp(warp(img, first), second) ≈ warp(img, compose(first, second))``; in pull-back terms
+    ``c(x) = second(x) + first(x + second(x))``.
+
+    Args:
+        first, second: ``(B, ndim, *spatial)`` displacements in voxels.
+
+    Returns:
+        ``(B, ndim, *spatial)`` composed displacement.
+    """
+    fn = "morphreg.spatial.compose"
+    check_field(fn, "first", first)
+    check_field(fn, "second", second, spatial=first.shape[2:])
+    check_batch(fn, "first", first, "second", second)
+    return second + warp(first, second, padding="border")
+
+
+def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Exponential of a stationary velocity field by scaling and squaring.
+
+    The field is scaled by ``1 / 2**steps`` and composed with itself ``steps`` times.
+
+    Args:
+        velocity: ``(B, ndim, *spatial)`` in voxels.
+        steps: number of squarings (``0`` returns the velocity unchanged).
+
+    Returns:
+        ``(B, ndim, *spatial)`` displacement of the diffeomorphism ``exp(velocity)``.
+    """
+    fn = "morphreg.spatial.integrate"
+    check_field(fn, "velocity", velocity)
+    check_positive_int(fn, "steps", steps, minimum=0)
+    disp = velocity / (2**steps)
+    for _ in range(steps):
+        disp = disp + warp(disp, disp, padding="border")
+    return disp
+
+
+def resize(
+    disp: torch.Tensor,
+    size: Sequence[int] | None = None,
+    *,
+    scale_factor: float | None = None,
+) -> torch.Tensor:
+    """Resample a displacement field to a new grid and rescale its vectors to the new voxels.
+
+    Voxel centres of the two grids are matched at the corners (``align_corners=True``), so a
+    vector along axis ``k`` is multiplied by ``(new_k - 1) / (old_k - 1)``.
+
+    Args:
+        disp: ``(B, ndim, *spatial)`` in voxels of the input grid.
+        size: the new spatial shape; or give ``scale_factor``.
+        scale_factor: new shape = round(old shape * scale_factor).
+
+    Returns:
+        ``(B, ndim, *size)`` in voxels of the new grid.
+    """
+    fn = "morphreg.spatial.resize"
+    ndim = check_field(fn, "disp", disp)
+    old = list(disp.shape[2:])
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{fn}: give exactly one of 'size' or 'scale_factor'")
+    if size is None:
+        if not scale_factor or scale_factor <= 0:
+            raise ValueError(f"{fn}: argument 'scale_factor' must be > 0, got {scale_factor!r}")
+        new = [max(1, round(s * scale_factor)) for s in old]
+    else:
+        new = [int(s) for s in size]
+        if len(new) != ndim or min(new) < 1:
+            raise ValueError(
+                f"{fn}: argument 'size' must be {ndim} positive ints, got {tuple(size)}"
+            )
+    if new == old:
+        return disp
+    factors = torch.tensor(
+        [(n - 1) / (o - 1) if o > 1 else 1.0 for n, o in zip(new, old)],
+        device=disp.device,
+        dtype=disp.dtype,
+    ).view(1, ndim, *([1] * ndim))
+    resampled = F.interpolate(disp, size=new, mode=_TORCH_LINEAR[ndim], align_corners=True)
+    return resampled * factors
+
+
+def affine_to_disp(matrix: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Dense displacement of an affine map given in voxel coordinates.
+
+    The matrix maps a fixed-image voxel index ``x`` (ij order, origin at voxel 0) to the
+    moving-image voxel ``A x + t`` it samples, so ``disp(x) = A x + t - x``.
+
+    Args:
+        matrix: ``(B, ndim, ndim + 1)`` or ``(B, ndim + 1, ndim + 1)`` (or without batch dim).
+        shape: spatial shape of the output field.
+
+    Returns:
+        ``(B, ndim, *shape)`` displacement in voxels.
+    """
+    fn = "morphreg.spatial.affine_to_disp"
+    matrix = check_tensor(fn, "matrix", matrix)
+    ndim = len(shape)
+    if ndim not in (2, 3):
+        raise ValueError(f"{fn}: argument 'shape' must have 2 or 3 entries, got {tuple(shape)}")
+    if matrix.dim() == 2:
+        matrix = matrix.unsqueeze(0)
+    if matrix.dim() != 3 or matrix.shape[-1] != ndim + 1 or matrix.shape[-2] not in (ndim, ndim + 1):
+        raise ValueError(
+            f"{fn}: argument 'matrix' must have shape (B, {ndim}, {ndim + 1}) or "
+            f"(B, {ndim + 1}, {ndim + 1}) for a {ndim}D shape, got {tuple(matrix.shape)}"
+        )
+    if not matrix.is_floating_point():
+        raise TypeError(f"{fn}: argument 'matrix' must be floating-point, got {matrix.dtype}")
+    if not torch.isfinite(matrix).all():
+        raise ValueError(f"{fn}: argument 'matrix' contains NaN or inf")
+    linear = matrix[:, :ndim, :ndim]
+    det = torch.linalg.det(linear.detach().double())
+    if (det.abs() < 1e-12).any():
+        raise ValueError(
+            f"{fn}: argument 'matrix' is singular (det of the linear part = "
+            f"{det.min().item():.3g}); an affine registration must be invertible"
+        )
+    grid = identity_grid(shape, device=matrix.device, dtype=matrix.dtype).reshape(ndim, -1)
+    mapped = linear @ grid + matrix[:, :ndim, ndim:]
+    return (mapped - grid).reshape(matrix.shape[0], ndim, *shape)
+
+
+def jacobian(disp: torch.Tensor) -> torch.Tensor:
+    """Jacobian matrix of the transform ``x + disp(x)``, by central differences.
+
+    One-sided differences at the borders (exact for linear fields everywhere).
+
+    Args:
+        disp: ``(B, ndim, *spatial)`` in voxels; every spatial size must be >= 2.
+
+    Returns:
+        ``(B, *spatial, ndim, ndim)`` with ``J[..., i, j] = d(x_i + u_i) / d x_j``.
+    """
+    fn = "morphreg.spatial.jacobian"
+    ndim = check_field(fn, "disp", disp)
+    if min(disp.shape[2:]) < 2:
+        raise ValueError(f"{fn}: every spatial size of 'disp' must be >= 2, got {tuple(disp.shape)}")
+    grads = torch.gradient(disp, dim=tuple(range(2, 2 + ndim)))  # ndim x (B, ndim, *spatial)
+    jac = torch.stack(grads, dim=2)  # (B, i, j, *spatial)
+    jac = jac.movedim(1, -1).movedim(1, -1)  # (B, *spatial, i, j)
+    eye = torch.eye(ndim, device=disp.device, dtype=disp.dtype)
+    return jac + eye
+
+
+def jacobian_det(disp: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x + disp(x)``.
+
+    Args:
+        disp: ``(B, ndim, *spatial)`` in voxels.
+
+    Returns:
+        ``(B, *spatial)``; values <= 0 mark folding.
+    """
+    return torch.linalg.det(jacobian(disp))
