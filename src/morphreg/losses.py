@@ -54,7 +54,9 @@ def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def local_means(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over a ``window``^ndim cube around each voxel (zero padded), separably.
+    """Mean over the in-image part of a ``window``^ndim cube around each voxel, separably.
+
+    Voxels outside the image are not counted (no zero padding enters the statistics).
 
     Args:
         x: ``(N, C, *spatial)``.
@@ -69,7 +71,7 @@ def local_means(x: torch.Tensor, window: int) -> torch.Tensor:
         kernel[axis] = window
         padding = [0] * ndim
         padding[axis] = window // 2
-        x = pool(x, kernel_size=kernel, stride=1, padding=padding, count_include_pad=True)
+        x = pool(x, kernel_size=kernel, stride=1, padding=padding, count_include_pad=False)
     return x
 
 
@@ -78,9 +80,10 @@ def ncc_loss(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-
 
     For each voxel, over a ``window``^ndim neighbourhood: ``cc = cov(a,b)^2 / (var a * var b)``,
     which lies in [0, 1]; the loss is ``-mean(cc)``, so -1 is a perfect local match.
-    Constant regions (zero variance) contribute 0 instead of NaN/inf, variances are clamped at
-    zero against round-off, and the value is invariant to a positive linear intensity change of
-    either image (up to ``eps``, which is relative to intensities of order 1).
+    Windows at the border use only the voxels inside the image. Constant regions (zero variance)
+    contribute 0 instead of NaN/inf, variances are clamped at zero against round-off, and the
+    value is invariant to a linear intensity change of either image (up to ``eps``, which is
+    relative to intensities of order 1).
 
     Args:
         a, b: ``(B, C, *spatial)``; channels are treated independently and averaged.
@@ -129,7 +132,7 @@ def mi_loss(
 ) -> torch.Tensor:
     """Negative mutual information with Gaussian Parzen windows (differentiable, multimodal).
 
-    Each image is min-max scaled to [0, 1] (per sample; the scaling is not differentiated) and
+    Each image is min-max scaled to [0, 1] (per sample) and
     softly assigned to ``bins`` equally spaced bins with a Gaussian of width
     ``sigma_ratio * bin spacing``.
 
@@ -151,8 +154,8 @@ def mi_loss(
 
     def soft_bins(x: torch.Tensor) -> torch.Tensor:  # (B, N, bins)
         x = x.flatten(1)
-        lo = x.detach().amin(1, keepdim=True)
-        hi = x.detach().amax(1, keepdim=True)
+        lo = x.amin(1, keepdim=True)
+        hi = x.amax(1, keepdim=True)
         x = (x - lo) / (hi - lo).clamp_min(1e-12)
         w = torch.exp(-0.5 * ((x.unsqueeze(-1) - centres) / sigma) ** 2)
         return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
@@ -209,7 +212,9 @@ def grad_loss(disp: torch.Tensor, penalty: str = "l2") -> torch.Tensor:
 
 
 def bending_loss(disp: torch.Tensor) -> torch.Tensor:
-    """Bending energy: mean over voxels of ``sum_ij (d_i d_j u)^2`` (central differences).
+    """Bending energy ``sum_ij (d_i d_j u)^2``, averaged over voxels and components.
+
+    Derivatives are central differences (one-sided at the border), in voxel units.
 
     Args:
         disp: ``(B, ndim, *spatial)``; every spatial size >= 3.

@@ -91,10 +91,13 @@ def dice(
     """
     fn = "morphreg.metrics.dice"
     a, b, label_tensor = _labels_and_pair(fn, a, b, labels)
-    flat_a = a.flatten(1).unsqueeze(-1) == label_tensor  # (B, N, L)
-    flat_b = b.flatten(1).unsqueeze(-1) == label_tensor
-    inter = (flat_a & flat_b).sum(1).double()
-    total = (flat_a.sum(1) + flat_b.sum(1)).double()
+    flat_a, flat_b = a.flatten(1), b.flatten(1)
+    inter = torch.zeros(a.shape[0], len(label_tensor), dtype=torch.float64, device=a.device)
+    total = torch.zeros_like(inter)
+    for j, label in enumerate(label_tensor):  # one pass per label keeps memory at O(N)
+        in_a, in_b = flat_a == label, flat_b == label
+        inter[:, j] = (in_a & in_b).sum(1)
+        total[:, j] = in_a.sum(1) + in_b.sum(1)
     scores = torch.where(total > 0, 2.0 * inter / total.clamp_min(1), torch.nan)
     return LabelScores(label_tensor, scores, _mean_ignoring_nan(scores))
 

@@ -14,6 +14,7 @@ The number of spatial dimensions is always read from the tensor; 2D and 3D share
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -202,7 +203,7 @@ def resize(
     if size is None:
         if not scale_factor or scale_factor <= 0:
             raise ValueError(f"{fn}: argument 'scale_factor' must be > 0, got {scale_factor!r}")
-        new = [max(1, round(s * scale_factor)) for s in old]
+        new = [max(1, math.floor(s * scale_factor + 0.5)) for s in old]
     else:
         new = [int(s) for s in size]
         if len(new) != ndim or min(new) < 1:

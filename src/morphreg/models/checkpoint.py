@@ -53,10 +53,17 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+        detail_line = (detail[0] if detail else type(err).__name__).split(" was not an allowed")[0]
+        if "Unsupported global" in text:
+            raise CheckpointError(
+                f"checkpoint '{path}' was refused: it references code ({detail_line[:160]}); "
+                "morphreg only loads tensors and plain data and never runs code from a file"
+            ) from None
         raise CheckpointError(
-            f"checkpoint '{path}' was refused: it contains objects other than tensors and plain "
-            f"data (possibly code), which morphreg never loads ({first[:160]})"
+            f"checkpoint '{path}' is not a readable PyTorch weights file (corrupt, or a pickle "
+            f"with objects that morphreg never loads: {detail_line[:120]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

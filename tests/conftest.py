@@ -1,0 +1,28 @@
+"""Shared test fixtures: seeded generators, smooth test images, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MORPHREG_DATA", REPO.parent / "shared" / "data"))
+OASIS2D = DATA_DIR / "oasis2d_neurite" / "oasis2d.npz"
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_and_seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def oasis2d():
+    if not OASIS2D.exists():
+        pytest.skip(f"shared data not found at {OASIS2D} (set MORPHREG_DATA)")
+    import numpy as np
+
+    return np.load(OASIS2D)

@@ -1,0 +1,139 @@
+"""VxmDense: shapes, any input size, flags, checkpoint round trip and refusal of bad files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from morphreg import spatial
+from morphreg.models import CheckpointError, RegistrationOutput, VxmDense, load_model
+
+SMALL = {"enc": (8, 8, 8, 8), "dec": (8, 8, 8, 8, 8, 8, 8)}
+
+
+@pytest.mark.parametrize(
+    ("ndim", "shape"), [(2, (37, 45)), (3, (21, 27, 33)), (2, (64, 48))]
+)
+@pytest.mark.parametrize("int_steps", [0, 7])
+def test_any_shape_and_output_contract(ndim, shape, int_steps):
+    model = VxmDense(ndim, int_steps=int_steps, **SMALL)
+    moving, fixed = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    out = model(moving, fixed)
+    assert isinstance(out, RegistrationOutput)
+    assert out.moved.shape == moving.shape
+    assert out.disp.shape == (2, ndim, *shape)
+    assert torch.allclose(spatial.warp(moving, out.disp), out.moved)
+    assert (out.velocity is None) == (int_steps == 0)
+    assert out.inverse_disp is None and out.moved_fixed is None
+
+
+def test_paper_defaults_and_flow_init():
+    model = VxmDense(2)
+    assert model.config["enc"] == [16, 32, 32, 32]
+    assert model.config["dec"] == [32, 32, 32, 32, 32, 16, 16]
+    assert model.flow.weight.std().item() < 1e-4
+    acts = [m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert acts and all(a.negative_slope == 0.2 for a in acts)
+    out = model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    assert out.disp.abs().max().item() < 1e-2  # starts near the identity
+
+
+def test_bidirectional_diffeomorphic_half_resolution():
+    model = VxmDense(2, int_steps=5, int_downsize=2, bidir=True, **SMALL)
+    moving, fixed = torch.rand(1, 1, 30, 34), torch.rand(1, 1, 30, 34)
+    out = model(moving, fixed)
+    assert out.velocity.shape == (1, 2, 16, 24)  # half of the padded 32 x 48 grid
+    assert out.inverse_disp.shape == out.disp.shape
+    assert torch.allclose(out.moved_fixed, spatial.warp(fixed, out.inverse_disp))
+
+
+def test_gradients_reach_every_parameter():
+    model = VxmDense(3, int_steps=3, **SMALL)
+    out = model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    (out.moved.mean() + out.disp.pow(2).mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = VxmDense(2, int_steps=7, int_downsize=2, **SMALL)
+    torch.nn.init.normal_(model.flow.weight, std=0.1)
+    path = tmp_path / "model.pt"
+    model.save(path, metadata={"note": "test"})
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left
+    loaded = VxmDense.load(path)
+    assert loaded.config == model.config
+    x, y = torch.rand(1, 1, 20, 24), torch.rand(1, 1, 20, 24)
+    assert torch.equal(loaded(x, y).disp, model(x, y).disp)
+    assert isinstance(load_model(path), VxmDense)
+    assert torch.load(path, weights_only=True)["metadata"] == {"note": "test"}
+
+
+def test_load_refuses_pickled_code(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "x", "payload": Exploit()}, handle, protocol=2)
+    with pytest.raises(CheckpointError, match="refused: it references code.*GLOBAL print"):
+        VxmDense.load(path)
+    torch.save({"format": "x", "payload": Exploit()}, path)  # torch's own container
+    with pytest.raises(CheckpointError, match="refused: it references code"):
+        VxmDense.load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"not a torch file at all", "not a readable"),
+    ],
+)
+def test_load_refuses_corrupt_files(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        VxmDense.load(path)
+
+
+def test_load_refuses_other_things(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    with pytest.raises(CheckpointError, match="not a morphreg model"):
+        VxmDense.load(plain)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        VxmDense.load(tmp_path / "missing.pt")
+    model = VxmDense(2, **SMALL)
+    ckpt = model.checkpoint()
+    ckpt["config"]["enc"] = [4, 4, 4, 4]  # weights no longer match the config
+    torch.save(ckpt, plain)
+    with pytest.raises(CheckpointError, match="do not match"):
+        VxmDense.load(plain)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    VxmDense(2, **SMALL).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        VxmDense.load(path)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: VxmDense(4), "'ndim' must be one of"),
+        (lambda: VxmDense(2, bidir=True), "bidir=True needs"),
+        (lambda: VxmDense(2, int_downsize=3), "'int_downsize'"),
+        (lambda: VxmDense(2, **SMALL)(torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8, 8)), "1 channel"),
+        (lambda: VxmDense(2, **SMALL)(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)), "2D"),
+        (lambda: VxmDense(2, **SMALL)(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9)), "same shape"),
+    ],
+)
+def test_model_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
