@@ -1,0 +1,757 @@
+"""Files in and out: the only module of morphreg that knows file formats.
+
+A :class:`Volume` (array + 4x4 voxel-to-world affine + optional header) travels from reading to
+writing, so outputs keep the orientation of their inputs (no made-up default affine, a fault of
+voxelmorph #58).
+
+Formats, chosen by extension (case-insensitive):
+
+* ``.nii``, ``.nii.gz`` (NIfTI-1, via nibabel): affine and header kept.
+* ``.mgz``, ``.mgh`` (FreeSurfer, via nibabel): affine and header kept; no description field.
+* ``.npy``, ``.npz`` (numpy): no geometry, read with an identity affine. ``.npz`` files are
+  written with a single array under the key ``"vol"`` (voxelmorph's convention).
+
+Array conventions: a 2D image is a 2D array ``(X, Y)`` (a NIfTI ``X x Y x 1`` is read as 2D),
+a 3D image is ``(X, Y, Z)``; array axis ``k`` is voxel index ``k`` of the affine (no
+transposition). Floating data are read and written as float32; integer data (label maps) keep
+their dtype.
+
+Warp fields (:func:`save_warp`, :func:`load_warp`) are NIfTI vector images
+(``intent_code = 1007``, NIFTI_INTENT_VECTOR) of shape ``(X, Y, Z, 1, C)`` (``(X, Y, 1, 1, C)``
+in 2D) whose ``descrip`` states the units and the direction, e.g.
+``"morphreg warp; units=voxel; pull-back: moved(x)=moving(x+u(x))"``:
+
+* ``units="voxel"``: ``C = ndim`` voxel components, component ``k`` along array axis ``k``
+  (morphreg's in-memory convention, :mod:`morphreg.spatial`).
+* ``units="mm"``: ``C = 3`` world-space (nibabel RAS+, the affine's frame) components in mm,
+  ``d_mm = A[:3, :ndim] @ d_voxel``, for 2D and 3D alike. ITK/ANTs fields use LPS (x and y
+  negated) and are *not* this convention.
+
+Every read failure raises :class:`ImageReadError` (a ``ValueError``) with a one-line message
+naming the file and the problem; nibabel/numpy exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.filebasedimages import FileBasedHeader
+from scipy import ndimage
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "ImageReadError",
+    "ImageStack",
+    "Volume",
+    "WarpField",
+    "WARP_UNITS",
+    "from_tensor",
+    "load_stack",
+    "load_volume",
+    "load_warp",
+    "resample_to",
+    "same_grid",
+    "save_volume",
+    "save_warp",
+    "split_ext",
+    "to_tensor",
+]
+
+PathLike = str | os.PathLike[str]
+
+# Longest first, so ".nii.gz" wins over ".gz"-less matches.
+_FORMATS = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".mgz": "mgh",
+    ".mgh": "mgh",
+    ".npy": "npy",
+    ".npz": "npz",
+}
+SUPPORTED_EXTENSIONS = tuple(_FORMATS)
+WARP_UNITS = ("voxel", "mm")
+NIFTI_INTENT_VECTOR = 1007
+_DESCRIP_LEN = 79  # NIfTI-1 descrip is char[80] with a terminating NUL
+_NPZ_WRITE_KEY = "vol"
+_NAMES_KEY = "subjects"
+# FreeSurfer MGH stores only these; other dtypes are converted losslessly when possible.
+_MGH_DTYPES = (np.uint8, np.int16, np.int32, np.float32)
+_WARP_DIRECTION = "pull-back: moved(x)=moving(x+u(x))"
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image or warp field (the message says which and why)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Volume
+
+
+@dataclass
+class Volume:
+    """An image or label map with its voxel-to-world geometry.
+
+    Attributes:
+        data: ``(X, Y)`` or ``(X, Y, Z)`` array; float32 for images, an integer dtype for label
+            maps.
+        affine: ``(4, 4)`` float64 voxel-index-to-world (RAS+ mm) matrix; identity when the
+            source had no geometry (numpy files).
+        header: the nibabel header the data were read with, or ``None``. Only its geometry
+            codes and units are reused when writing NIfTI.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: FileBasedHeader | None = None
+
+    def __post_init__(self) -> None:
+        fn = "morphreg.io.Volume"
+        self.data = np.asarray(self.data)
+        if self.data.ndim not in (2, 3):
+            raise ValueError(
+                f"{fn}: argument 'data' must be a 2D (X, Y) or 3D (X, Y, Z) array, "
+                f"got shape {self.data.shape}"
+            )
+        self.affine = _check_affine(fn, "affine", self.affine)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape ``(X, Y[, Z])``."""
+        return tuple(self.data.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """``(ndim,)`` voxel size in mm: lengths of the affine's first ``ndim`` columns."""
+        return np.linalg.norm(self.affine[:3, : self.ndim], axis=0)
+
+
+def _check_affine(fn: str, name: str, affine: object) -> np.ndarray:
+    if isinstance(affine, torch.Tensor):
+        affine = affine.detach().cpu().numpy()
+    arr = np.asarray(affine, dtype=np.float64)
+    if arr.shape != (4, 4):
+        raise ValueError(f"{fn}: argument '{name}' must be a 4x4 matrix, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{fn}: argument '{name}' contains NaN or inf")
+    return arr.copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and formats
+
+
+def split_ext(path: PathLike) -> tuple[str, str]:
+    """Split a file name into (name without extension, lower-case supported extension).
+
+    ``split_ext("a/sub01.nii.gz") == ("sub01", ".nii.gz")``; the extension is ``""`` when it
+    is not one of :data:`SUPPORTED_EXTENSIONS`.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for ext in SUPPORTED_EXTENSIONS:
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    return name, ""
+
+
+def _format_of(fn: str, path: Path, error: type[Exception]) -> str:
+    ext = split_ext(path)[1]
+    if not ext:
+        raise error(
+            f"{fn}: cannot handle '{path}': unknown file extension; supported: "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    return _FORMATS[ext]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:200]
+
+
+def _check_readable(fn: str, path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{fn}: cannot read '{path}': file does not exist")
+    if not path.is_file():
+        raise ImageReadError(f"{fn}: cannot read '{path}': not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{fn}: cannot read '{path}': file is empty (0 bytes)")
+
+
+def _check_finite(fn: str, path: Path, data: np.ndarray) -> None:
+    if data.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        n_inf = int(data.size - finite.sum()) - n_nan
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': data contain {n_nan} NaN and {n_inf} infinite "
+            "value(s); replace them (e.g. numpy.nan_to_num) before registration"
+        )
+
+
+def _normalise_dtype(fn: str, path: Path, data: np.ndarray) -> np.ndarray:
+    kind = data.dtype.kind
+    if kind == "b":
+        return data.astype(np.uint8)
+    if kind == "f":
+        return data.astype(np.float32, copy=False)
+    if kind in "iu":
+        return data
+    raise ImageReadError(
+        f"{fn}: cannot use '{path}': unsupported data type {data.dtype} "
+        "(expected integer, boolean or real floating point)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_nibabel(fn: str, path: Path) -> tuple[np.ndarray, np.ndarray, FileBasedHeader]:
+    try:
+        img = nib.load(str(path), mmap=False)
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        header = img.header
+    except Exception as err:  # nibabel raises many types; none of them should escape
+        raise ImageReadError(
+            f"{fn}: cannot read '{path}': not a readable image (truncated or corrupt?): {_first_line(err)}"
+        ) from None
+    return np.asarray(data), affine, header
+
+
+def _npz_pick(fn: str, path: Path, files: list[str], key: str | None) -> str:
+    if key is not None:
+        if key not in files:
+            raise ImageReadError(
+                f"{fn}: cannot read '{path}': no array named {key!r}; available keys: {files}"
+            )
+        return key
+    candidates = [k for k in files if k != _NAMES_KEY]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ImageReadError(
+        f"{fn}: cannot read '{path}': it holds {len(candidates)} arrays, pass key= one of {files}"
+    )
+
+
+def _read_numpy(
+    fn: str, path: Path, fmt: str, key: str | None, names_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (array, names array or None)."""
+    try:
+        if fmt == "npy":
+            return np.load(path, allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as npz:
+            files = list(npz.files)
+            chosen = _npz_pick(fn, path, files, key)
+            names = npz[names_key] if names_key is not None and names_key in files else None
+            return npz[chosen], names
+    except ImageReadError:
+        raise
+    except Exception as err:
+        raise ImageReadError(
+            f"{fn}: cannot read '{path}': not a readable {fmt} file (truncated or corrupt?): "
+            f"{_first_line(err)}"
+        ) from None
+
+
+def _squeeze_spatial(fn: str, path: Path, data: np.ndarray) -> np.ndarray:
+    """Drop a trailing singleton 4th axis, then a trailing singleton 3rd axis (2D image)."""
+    original = data.shape
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        hint = " (a 5D NIfTI is a warp field: use morphreg.io.load_warp)" if data.ndim == 5 else ""
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': expected a 2D or 3D image (a 4D array only with a last "
+            f"axis of 1), got shape {original}{hint}"
+        )
+    if data.size == 0:
+        raise ImageReadError(f"{fn}: cannot use '{path}': array is empty, shape {original}")
+    return data
+
+
+def load_volume(path: PathLike, key: str | None = None) -> Volume:
+    """Read a 2D or 3D image or label map.
+
+    Args:
+        path: ``.nii``, ``.nii.gz``, ``.mgz``/``.mgh`` (nibabel; affine and header kept) or
+            ``.npy``/``.npz`` (identity affine, no header).
+        key: array name inside an ``.npz``; ``None`` picks its only array (a ``"subjects"``
+            name array is not counted). Not allowed for other formats.
+
+    Returns:
+        :class:`Volume` with ``data`` ``(X, Y)`` or ``(X, Y, Z)``: float32 for floating data,
+        the stored integer dtype for label maps (booleans become uint8). A trailing singleton
+        axis is dropped (``X x Y x 1`` is read as a 2D image; ``X x Y x Z x 1`` as 3D).
+
+    Raises:
+        ImageReadError: missing, empty, truncated/corrupt file; unknown extension; wrong
+            number of dimensions; NaN/inf in the data; unknown ``.npz`` key.
+    """
+    fn = "morphreg.io.load_volume"
+    path = Path(path)
+    fmt = _format_of(fn, path, ImageReadError)
+    if key is not None and fmt != "npz":
+        raise ValueError(f"{fn}: argument 'key' only applies to .npz files, got key={key!r}")
+    _check_readable(fn, path)
+    header: FileBasedHeader | None = None
+    if fmt in ("nifti", "mgh"):
+        data, affine, header = _read_nibabel(fn, path)
+    else:
+        data = _read_numpy(fn, path, fmt, key)[0]
+        affine = np.eye(4)
+    data = _squeeze_spatial(fn, path, _normalise_dtype(fn, path, data))
+    _check_finite(fn, path, data)
+    if not np.isfinite(affine).all():
+        raise ImageReadError(f"{fn}: cannot use '{path}': its affine contains NaN or inf")
+    return Volume(np.ascontiguousarray(data), affine, header)
+
+
+class ImageStack(NamedTuple):
+    """A stack of equally shaped images read from one numpy file.
+
+    Attributes:
+        data: ``(N, *spatial)`` array, 2 or 3 spatial dims.
+        names: ``N`` subject names (from the file's ``"subjects"`` array when present, else
+            zero-padded indices ``"000"``, ``"001"``, ...).
+    """
+
+    data: np.ndarray
+    names: list[str]
+
+
+def load_stack(path: PathLike, key: str | None = None) -> ImageStack:
+    """Read a stack ``(N, *spatial)`` of 2D or 3D images from an ``.npy`` or ``.npz`` file.
+
+    Args:
+        path: ``.npy`` or ``.npz`` file.
+        key: array name inside an ``.npz`` (e.g. ``"slice_norm"``); ``None`` picks its only
+            array besides ``"subjects"``.
+
+    Returns:
+        :class:`ImageStack` ``(data (N, *spatial), names)``; floating data as float32.
+
+    Raises:
+        ImageReadError: as :func:`load_volume`, and for arrays that are not ``(N, X, Y)`` or
+            ``(N, X, Y, Z)``.
+    """
+    fn = "morphreg.io.load_stack"
+    path = Path(path)
+    fmt = _format_of(fn, path, ImageReadError)
+    if fmt not in ("npy", "npz"):
+        raise ImageReadError(
+            f"{fn}: cannot read '{path}': a stack must be an .npy or .npz file (N, *spatial)"
+        )
+    _check_readable(fn, path)
+    data, names_arr = _read_numpy(fn, path, fmt, key, names_key=_NAMES_KEY)
+    data = _normalise_dtype(fn, path, data)
+    if data.ndim not in (3, 4) or data.size == 0:
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': expected a non-empty stack (N, X, Y) or (N, X, Y, Z), "
+            f"got shape {data.shape}"
+        )
+    _check_finite(fn, path, data)
+    n = data.shape[0]
+    if names_arr is not None and names_arr.ndim == 1 and len(names_arr) == n:
+        names = [str(s) for s in names_arr]
+    else:
+        width = len(str(n - 1))
+        names = [f"{i:0{width}d}" for i in range(n)]
+    return ImageStack(data, names)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file next to ``path`` (same suffix), then rename.
+
+    The temporary file is hidden (leading dot), created with the usual umask permissions, and
+    deleted if anything fails, so ``path`` is either the old file or the complete new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem, ext = split_ext(path)
+    tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.tmp{ext}"
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _storage_data(fn: str, data: np.ndarray, fmt: str) -> np.ndarray:
+    """Floats -> float32; integers keep their dtype where the format allows it."""
+    kind = data.dtype.kind
+    if kind == "b":
+        return data.astype(np.uint8)
+    if kind == "f":
+        return data.astype(np.float32, copy=False)
+    if kind not in "iu":
+        raise TypeError(f"{fn}: cannot write data of dtype {data.dtype}")
+    if fmt in ("npy", "npz") or (fmt == "nifti" and data.dtype.itemsize <= 4):
+        return data
+    if fmt == "mgh" and data.dtype in _MGH_DTYPES:
+        return data
+    # 64-bit labels (torch's int64) upset most NIfTI tools, MGH has no int8/uint16/uint32/int64:
+    # narrow to the smallest type holding the values.
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    for candidate in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(candidate)
+        if info.min <= lo and hi <= info.max:
+            return data.astype(candidate)
+    if fmt == "nifti":
+        return data
+    raise ValueError(
+        f"{fn}: label values in [{lo}, {hi}] do not fit the int32 of the MGH format; "
+        "write NIfTI or numpy instead"
+    )
+
+
+def _geometry_codes(header: FileBasedHeader | None) -> tuple[int, int, tuple[str, str] | None]:
+    """(sform_code, qform_code, xyzt_units) to write; the sform is always set."""
+    if isinstance(header, nib.Nifti1Header):  # Nifti2Header is a subclass
+        sform = int(header["sform_code"])
+        qform = int(header["qform_code"])
+        units = header.get_xyzt_units()
+        return (sform or qform or 2), qform, units
+    return 2, 0, None
+
+
+def _descrip(description: str | None) -> bytes:
+    if not description:
+        return b""
+    text = " ".join(str(description).split())  # one line
+    return text.encode("ascii", errors="replace")[:_DESCRIP_LEN]
+
+
+def _nifti_image(
+    data: np.ndarray, affine: np.ndarray, header: FileBasedHeader | None, description: str | None
+) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine, dtype=data.dtype)
+    sform, qform, units = _geometry_codes(header)
+    img.set_sform(affine, code=sform)
+    img.set_qform(affine, code=qform)
+    spatial_unit, time_unit = units if units is not None else ("mm", "sec")
+    if spatial_unit == "unknown":
+        spatial_unit = "mm"
+    img.header.set_xyzt_units(spatial_unit, time_unit if time_unit != "unknown" else "sec")
+    img.header["descrip"] = _descrip(description)
+    return img
+
+
+def save_volume(volume: Volume, path: PathLike, description: str | None = None) -> None:
+    """Write a volume atomically, keeping its affine; the format follows the extension.
+
+    Args:
+        volume: the image or label map; float data are written as float32, integer label maps
+            keep their dtype (NIfTI: int64 is narrowed to the smallest of uint8/int16/int32
+            holding the values; MGH: only uint8/int16/int32/float32 exist, so other integers
+            are narrowed the same way).
+        path: ``.nii``, ``.nii.gz``, ``.mgz``/``.mgh``, ``.npy`` or ``.npz`` (array key
+            ``"vol"``). Numpy formats store no affine. The parent folder is created.
+        description: NIfTI ``descrip`` (one line, at most 79 ASCII characters, truncated
+            beyond). Ignored by the other formats.
+
+    A 2D volume is written to NIfTI/MGH as ``X x Y x 1``. For NIfTI the sform always holds the
+    affine; its code (and the qform code and spatial units) come from ``volume.header`` when
+    that is a NIfTI header, else sform code 2 ("aligned") and units mm.
+    """
+    fn = "morphreg.io.save_volume"
+    if not isinstance(volume, Volume):
+        raise TypeError(f"{fn}: argument 'volume' must be a morphreg.io.Volume, got {type(volume).__name__}")
+    path = Path(path)
+    fmt = _format_of(fn, path, ValueError)
+    data = _storage_data(fn, np.asarray(volume.data), fmt)
+    affine = volume.affine
+    if fmt in ("nifti", "mgh") and data.ndim == 2:
+        data = data[..., None]
+
+    def write(tmp: Path) -> None:
+        if fmt == "nifti":
+            nib.save(_nifti_image(data, affine, volume.header, description), str(tmp))
+        elif fmt == "mgh":
+            nib.save(nib.MGHImage(data, affine), str(tmp))
+        elif fmt == "npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, data)
+        else:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **{_NPZ_WRITE_KEY: data})
+
+    _atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------------------------
+# Warp fields
+
+
+class WarpField(NamedTuple):
+    """A displacement field read from a file.
+
+    Attributes:
+        disp: ``(ndim, *spatial)`` float32 displacement in **voxels**, component ``k`` along
+            array axis ``k`` (pull-back: ``moved(x) = moving(x + disp(x))``).
+        affine: ``(4, 4)`` float64 voxel-to-world matrix of the field's grid (the fixed image's).
+    """
+
+    disp: np.ndarray
+    affine: np.ndarray
+
+
+def _linear_part(affine: np.ndarray, ndim: int) -> np.ndarray:
+    """``(3, ndim)`` matrix mapping voxel-index steps to world (mm) steps."""
+    return affine[:3, :ndim]
+
+
+def save_warp(
+    disp: np.ndarray | torch.Tensor,
+    path: PathLike,
+    affine: np.ndarray | torch.Tensor,
+    units: str = "voxel",
+    header: FileBasedHeader | None = None,
+) -> None:
+    """Write a displacement field as a NIfTI vector image that states its units.
+
+    Args:
+        disp: ``(ndim, *spatial)`` (or ``(1, ndim, *spatial)``) displacement in voxels,
+            component ``k`` along array axis ``k``; numpy array or tensor.
+        path: ``.nii`` or ``.nii.gz``.
+        affine: ``(4, 4)`` voxel-to-world matrix of the field's grid (the fixed image's).
+        units: ``"voxel"`` writes the ``ndim`` voxel components; ``"mm"`` writes 3 world
+            (RAS+) components ``A[:3, :ndim] @ d`` for 2D and 3D alike.
+        header: optional NIfTI header whose sform/qform codes are reused.
+
+    The file has shape ``(X, Y, Z, 1, C)`` (``(X, Y, 1, 1, C)`` in 2D), ``intent_code`` 1007
+    (vector), ``intent_name`` ``"units=<units>"`` and ``descrip``
+    ``"morphreg warp; units=<units>; pull-back: moved(x)=moving(x+u(x))"``.
+    """
+    fn = "morphreg.io.save_warp"
+    if isinstance(disp, torch.Tensor):
+        disp = disp.detach().cpu().numpy()
+    disp = np.asarray(disp)
+    if disp.ndim >= 4 and disp.shape[0] == 1 and disp.shape[1] == disp.ndim - 2:
+        disp = disp[0]
+    ndim = disp.ndim - 1
+    if ndim not in (2, 3) or disp.shape[0] != ndim:
+        raise ValueError(
+            f"{fn}: argument 'disp' must have shape (ndim, *spatial) with ndim = 2 or 3 "
+            f"spatial dims, got shape {disp.shape}"
+        )
+    if disp.dtype.kind != "f":
+        raise TypeError(f"{fn}: argument 'disp' must be floating point, got dtype {disp.dtype}")
+    if not np.isfinite(disp).all():
+        raise ValueError(f"{fn}: argument 'disp' contains NaN or inf")
+    if units not in WARP_UNITS:
+        raise ValueError(f"{fn}: argument 'units' must be one of {list(WARP_UNITS)}, got {units!r}")
+    path = Path(path)
+    if _format_of(fn, path, ValueError) != "nifti":
+        raise ValueError(f"{fn}: argument 'path' must end in .nii or .nii.gz, got '{path}'")
+    affine = _check_affine(fn, "affine", affine)
+    vectors = np.moveaxis(disp.astype(np.float64), 0, -1)  # (*spatial, ndim)
+    if units == "mm":
+        lin = _linear_part(affine, ndim)
+        if np.linalg.matrix_rank(lin) < ndim:
+            raise ValueError(f"{fn}: argument 'affine' is singular; cannot convert to mm")
+        vectors = vectors @ lin.T  # (*spatial, 3)
+    spatial = disp.shape[1:] + (1,) * (3 - ndim)
+    data = vectors.astype(np.float32).reshape(*spatial, 1, vectors.shape[-1])
+    description = f"morphreg warp; units={units}; {_WARP_DIRECTION}"
+
+    def write(tmp: Path) -> None:
+        img = _nifti_image(data, affine, header, description)
+        img.header.set_intent(NIFTI_INTENT_VECTOR, (), name=f"units={units}")
+        nib.save(img, str(tmp))
+
+    _atomic_write(path, write)
+
+
+_UNITS_RE = re.compile(r"units\s*=\s*(voxel|mm)\b")
+
+
+def load_warp(path: PathLike, units: str | None = None) -> WarpField:
+    """Read a displacement field written by :func:`save_warp`; return it in voxel units.
+
+    Args:
+        path: NIfTI file ``(X, Y, Z, 1, C)`` (also accepted: ``(X, Y, Z, C)`` /
+            ``(X, Y, C)`` as written by voxelmorph).
+        units: the units of the stored vectors when the file does not state them
+            (``"voxel"`` or ``"mm"``); ``None`` reads them from ``descrip``/``intent_name``.
+            A file that states units which contradict this argument is refused.
+
+    Returns:
+        :class:`WarpField` ``(disp (ndim, *spatial) float32 in voxels, affine (4, 4))``.
+        mm vectors are converted back with the pseudo-inverse of ``A[:3, :ndim]``. A field
+        whose third spatial size is 1 is read as 2D.
+
+    Raises:
+        ImageReadError: unreadable file, wrong shape, NaN/inf, or units not stated and not
+            given.
+    """
+    fn = "morphreg.io.load_warp"
+    path = Path(path)
+    if units is not None and units not in WARP_UNITS:
+        raise ValueError(f"{fn}: argument 'units' must be one of {list(WARP_UNITS)} or None, got {units!r}")
+    if _format_of(fn, path, ImageReadError) != "nifti":
+        raise ImageReadError(f"{fn}: cannot read '{path}': a warp field must be a NIfTI file")
+    _check_readable(fn, path)
+    data, affine, header = _read_nibabel(fn, path)
+    data = _normalise_dtype(fn, path, data)
+    _check_finite(fn, path, data)
+    stated = None
+    for field in ("descrip", "intent_name"):
+        match = _UNITS_RE.search(bytes(np.asarray(header[field]).item()).decode("ascii", errors="replace"))
+        if match:
+            stated = match.group(1)
+            break
+    if stated is not None and units is not None and stated != units:
+        raise ImageReadError(f"{fn}: '{path}' states units={stated}, but units={units!r} was given")
+    units = stated or units
+    if units is None:
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': the file does not state its units ('units=voxel' or "
+            "'units=mm' in descrip or intent_name); pass units='voxel' or units='mm'"
+        )
+    shape = data.shape
+    if data.ndim == 5 and shape[3] == 1:
+        spatial, comps = shape[:3], shape[4]
+    elif data.ndim in (3, 4) and shape[-1] == data.ndim - 1:  # voxelmorph style
+        spatial, comps = shape[:-1] + (1,) * (4 - data.ndim), shape[-1]
+    else:
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': expected a vector field (X, Y, Z, 1, C), got shape {shape}"
+        )
+    vectors = data.reshape(*spatial, comps).astype(np.float64)
+    if units == "voxel":
+        ndim = comps
+        if ndim not in (2, 3) or any(s != 1 for s in spatial[ndim:]):
+            raise ImageReadError(
+                f"{fn}: cannot use '{path}': {comps} voxel components do not match the "
+                f"spatial shape {spatial}"
+            )
+    else:
+        ndim = 2 if spatial[2] == 1 else 3
+        if comps != 3:
+            raise ImageReadError(
+                f"{fn}: cannot use '{path}': a mm field must have 3 (x, y, z) components, got {comps}"
+            )
+        vectors = vectors @ np.linalg.pinv(_linear_part(affine, ndim)).T
+    vectors = vectors.reshape(*spatial[:ndim], ndim)
+    disp = np.ascontiguousarray(np.moveaxis(vectors, -1, 0), dtype=np.float32)
+    return WarpField(disp, affine)
+
+
+# --------------------------------------------------------------------------------------------
+# Grids and tensors
+
+
+def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
+    """Whether two volumes share one voxel grid (same spatial shape and affine within ``atol``)."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, rtol=0.0, atol=atol))
+
+
+def resample_to(moving: Volume, fixed: Volume, order: int = 1) -> Volume:
+    """Resample ``moving`` onto ``fixed``'s voxel grid through world space.
+
+    Fixed voxel ``x`` samples moving voxel ``inv(A_moving) @ A_fixed @ x``; outside the moving
+    image the value is 0.
+
+    Args:
+        moving: the volume to resample, 2D or 3D (same ndim as ``fixed``).
+        fixed: defines the output grid (shape and affine).
+        order: 1 (linear; integer data are treated as intensities and returned as float32) or
+            0 (nearest; label maps keep their dtype).
+
+    Returns:
+        :class:`Volume` with ``fixed``'s shape, affine and header.
+    """
+    fn = "morphreg.io.resample_to"
+    if order not in (0, 1):
+        raise ValueError(f"{fn}: argument 'order' must be 0 (nearest) or 1 (linear), got {order!r}")
+    if moving.ndim != fixed.ndim:
+        raise ValueError(f"{fn}: 'moving' is {moving.ndim}D but 'fixed' is {fixed.ndim}D; both must match")
+    ndim = fixed.ndim
+    vox = np.linalg.inv(moving.affine) @ fixed.affine  # fixed voxel -> moving voxel
+    matrix = vox[:ndim, :ndim]
+    offset = vox[:ndim, 3]
+    data = moving.data
+    if order == 1 and data.dtype.kind != "f":
+        data = data.astype(np.float32)
+    out = ndimage.affine_transform(
+        data,
+        matrix,
+        offset=offset,
+        output_shape=fixed.shape,
+        order=order,
+        mode="constant",
+        cval=0.0,
+    )
+    return Volume(out, fixed.affine.copy(), fixed.header)
+
+
+def to_tensor(volume: Volume) -> torch.Tensor:
+    """Volume -> tensor ``(1, 1, *spatial)``: float32, or int64 for integer label maps."""
+    data = np.ascontiguousarray(volume.data)
+    if data.dtype.kind in "iub":
+        tensor = torch.from_numpy(data.astype(np.int64))
+    else:
+        tensor = torch.from_numpy(data.astype(np.float32))
+    return tensor[None, None]
+
+
+def from_tensor(t: torch.Tensor, like: Volume) -> Volume:
+    """Tensor -> :class:`Volume` on ``like``'s grid (its affine and header).
+
+    Args:
+        t: ``(1, 1, *spatial)``, ``(1, *spatial)`` or ``(*spatial)`` with ``like``'s spatial
+            shape. Floating tensors become float32; integer tensors keep an integer dtype
+            (``like``'s own integer dtype when ``like`` is a label map and the values fit).
+        like: the volume whose grid the data live on.
+    """
+    fn = "morphreg.io.from_tensor"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: argument 't' must be a torch.Tensor, got {type(t).__name__}")
+    data = t.detach().cpu()
+    while data.dim() > like.ndim and data.shape[0] == 1:
+        data = data[0]
+    if tuple(data.shape) != like.shape:
+        raise ValueError(
+            f"{fn}: argument 't' must have shape (1, 1, *spatial) with spatial {like.shape}, "
+            f"got {tuple(t.shape)}"
+        )
+    array = data.numpy()
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32)
+    elif array.dtype.kind in "iu" and like.data.dtype.kind in "iu":
+        info = np.iinfo(like.data.dtype)
+        if array.size == 0 or (info.min <= array.min() and array.max() <= info.max):
+            array = array.astype(like.data.dtype)
+    elif array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return Volume(np.array(array), like.affine.copy(), like.header)
