@@ -1,0 +1,448 @@
+"""The ``morphreg`` command line: parse, call a workflow, report. ``main(argv) -> exit code``.
+
+Every expected failure (bad file, bad flag value, mismatched images, foreign checkpoint) ends
+with exit code 1 and one line ``morphreg <command>: error: ...`` on stderr; argparse usage
+errors exit with 2. ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` can return the exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# parsers
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", required=required, help="folder of images, .txt list of paths, glob, or .npz stack")
+    p.add_argument("--npz-key", default=None, help="array key of --data when it is an .npz (e.g. slice_norm)")
+    p.add_argument("--segs", default=None, help="label maps matching --data (same forms)")
+    p.add_argument("--seg-key", default=None, help="array key of --segs when it is an .npz (e.g. seg24)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity (default ncc)")
+    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
+                   help="smoothness weight (default: 0.01 for mse, 1.0 for ncc, as in the paper)")
+    p.add_argument("--int-steps", type=_non_negative_int, default=0,
+                   help="scaling-and-squaring steps (0: displacement model; 7: diffeomorphic)")
+    p.add_argument("--int-downsize", type=int, choices=[1, 2, 4], default=1,
+                   help="integrate the velocity at 1/N resolution")
+    p.add_argument("--bidir", action="store_true", help="bidirectional similarity (needs --int-steps > 0)")
+    p.add_argument("--seg-weight", type=_non_negative_float, default=0.0,
+                   help="weight of the Dice loss on warped labels (semi-supervised; needs --segs)")
+    p.add_argument("--steps", type=_positive_int, default=1500, help="optimisation steps")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="pairs per step and process")
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.2, help="subjects held out for validation")
+    p.add_argument("--val-pairs", type=_positive_int, default=16, help="validation pairs")
+    p.add_argument("--val-every", type=_positive_int, default=100)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    p.add_argument("--augment", action="store_true", help="random intensity gamma augmentation")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--enc", type=_positive_int, nargs="+", default=[16, 32, 32, 32], help="encoder widths")
+    p.add_argument("--dec", type=_positive_int, nargs="+", default=[32, 32, 32, 32, 32, 16, 16],
+                   help="decoder widths")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-identical reruns)")
+    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="morphreg", description="Deformable registration of medical images (VoxelMorph and beyond).")
+    parser.add_argument("--version", action="version", version=f"morphreg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        return p
+
+    p = command("train", "train a VoxelMorph network on a collection of images")
+    _add_data_args(p, required=False)
+    p.add_argument("--atlas", default=None, help="fixed atlas image (atlas-to-subject training)")
+    p.add_argument("--atlas-seg", default=None, help="atlas label map (with --segs)")
+    p.add_argument("--pairs", default=None, help="CSV moving,fixed[,moving_seg,fixed_seg] of training pairs")
+    _add_train_args(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+    p = command("register", "register a moving image to a fixed one")
+    p.add_argument("--model", default=None, help="run directory or checkpoint of a trained network")
+    p.add_argument("--method", choices=["network", "affine", "rigid", "dense", "ffd"], default=None,
+                   help="registration without a network (affine, rigid, dense, ffd); default: network")
+    p.add_argument("--moving", required=True)
+    p.add_argument("--fixed", required=True)
+    p.add_argument("--moved", required=True, help="output: moving image on the fixed grid")
+    p.add_argument("--warp", default=None, help="output: displacement field (NIfTI vector image)")
+    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel")
+    p.add_argument("--moving-seg", default=None)
+    p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
+    p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
+    p.add_argument("--npz-key", default=None)
+    p.add_argument("--affine", action="store_true", help="affine pre-alignment before the network")
+    p.add_argument("--optimize", type=_non_negative_int, default=0,
+                   help="instance-specific optimisation steps refining the network's field")
+    p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
+    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
+    p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = command("warp", "apply a displacement field to an image or label map")
+    p.add_argument("--moving", required=True)
+    p.add_argument("--warp", required=True)
+    p.add_argument("--moved", required=True)
+    p.add_argument("--interp", choices=["linear", "nearest"], default=None,
+                   help="default: nearest for integer label maps, linear otherwise")
+    p.add_argument("--npz-key", default=None)
+
+    p = command("evaluate", "evaluate a trained network on a CSV of pairs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
+    p.add_argument("--out", required=True)
+    p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
+    p.add_argument("--no-hd95", action="store_true")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = command("demo", "train and evaluate on a synthetic data set the demo makes itself")
+    p.add_argument("--out", default="demo_out")
+    _add_data_args(p, required=False)
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: sized for ~5 min)")
+    p.add_argument("--subjects", type=_positive_int, default=200, help="synthetic subjects")
+    p.add_argument("--test-pairs", type=_positive_int, default=24)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# commands (heavy imports inside)
+
+
+def _normalise_arg(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def _load_network(path: str, device: Any) -> Any:
+    from .models import VxmDense
+    from .models.checkpoint import CheckpointError
+
+    target = Path(path)
+    if target.is_dir():
+        target = target / "model.pt"
+    try:
+        return VxmDense.load(target, map_location=device)
+    except CheckpointError as err:
+        raise UserError(f"--model: {err}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .workflows.datasets import build_training_data
+    from .workflows.train import TrainSettings, train
+
+    if args.data is None and args.pairs is None:
+        raise UserError("give --data (images) or --pairs (a CSV of pairs)")
+    if args.atlas and args.pairs:
+        raise UserError("--atlas and --pairs are different pairings; give one of them")
+    if args.seg_weight > 0 and args.segs is None and args.pairs is None:
+        raise UserError("--seg-weight > 0 needs --segs (label maps for the training images)")
+    if args.bidir and args.int_steps == 0:
+        raise UserError("--bidir needs a diffeomorphic model: give --int-steps (e.g. 7)")
+    settings = TrainSettings(
+        loss=args.loss, weight=args.weight, int_steps=args.int_steps, int_downsize=args.int_downsize,
+        bidir=args.bidir, seg_weight=args.seg_weight, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
+        val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
+        deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads,
+    )
+    data = build_training_data(
+        args.data, key=args.npz_key, segs=args.segs, seg_key=args.seg_key, atlas=args.atlas,
+        atlas_seg=args.atlas_seg, pairs_csv=args.pairs, val_fraction=args.val_fraction,
+        val_pairs=args.val_pairs, seed=args.seed, augment=args.augment, normalise=_normalise_arg(args.normalise),
+    )
+    out = Path(args.out)
+    if not args.resume and (out / "state.pt").exists():
+        raise UserError(f"--out '{out}' already holds a run; pass --resume to continue it or choose another folder")
+    result = train(settings, data.train, data.val, out, resume=args.resume, progress=not args.no_progress,
+                   n_labels=data.n_labels)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        _write_split(out, data.train_names, data.val_names)
+        try:
+            from . import viz
+
+            viz.plot_training_curves(out / "metrics.csv", out / "training_curves.png")
+        except (ValueError, OSError) as err:
+            print(f"morphreg train: note: no training-curve figure ({err})", file=sys.stderr)
+        best = ""
+        if result.best_val_dice == result.best_val_dice:  # not NaN
+            best = f", best validation Dice {result.best_val_dice:.4f}"
+        print(f"trained {result.step} steps{best}; model: {out / 'model.pt'}")
+    return 0
+
+
+def _write_split(out: Path, train_names: Sequence[str], val_names: Sequence[str]) -> None:
+    import json
+
+    (out / "split.json").write_text(json.dumps({"train": list(train_names), "val": list(val_names)}, indent=1))
+
+
+def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
+    from . import io
+
+    description = f"morphreg {__version__}: {Path(args.moving).name} registered to {Path(args.fixed).name}"
+    io.save_volume(moved, args.moved, description=description)
+    if args.warp:
+        io.save_warp(disp, args.warp, pair.fixed.affine, units=args.warp_units, header=pair.fixed.header)
+    if args.moved_seg:
+        io.save_volume(moved_seg, args.moved_seg, description=description)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import torch
+
+    from .workflows.register import load_pair, network_register_fn, register_pair
+    from .workflows.train import resolve_device
+
+    method = args.method or ("network" if args.model else None)
+    if method is None:
+        raise UserError("give --model (a trained network) or --method affine|rigid|dense|ffd")
+    if method != "network" and args.model:
+        raise UserError(f"--method {method} registers without a network; drop --model or --method")
+    if args.moved_seg and not args.moving_seg:
+        raise UserError("--moved-seg needs --moving-seg")
+    if args.matrix and method not in ("affine", "rigid") and not args.affine:
+        raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
+    device = resolve_device(args.device)
+    pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key)
+    if pair.resampled:
+        print("morphreg register: note: moving and fixed grids differ (shape or affine); the moving image "
+              "was resampled onto the fixed grid through the affines", file=sys.stderr)
+    if method == "network":
+        model = _load_network(args.model, device)
+        if model.ndim != pair.fixed.ndim:
+            raise UserError(f"--model is a {model.ndim}D network but the images are {pair.fixed.ndim}D")
+        register = network_register_fn(model, device)
+    else:
+        register = None
+    from .workflows.classical import classical_register_fn, refine_register_fn
+
+    register = classical_register_fn(method, args, pair, register)
+    if args.optimize:
+        register = refine_register_fn(register, args)
+    result = register_pair(pair, register, normalise=_normalise_arg(args.normalise))
+    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
+    if getattr(register, "matrix_world", None) is not None and args.matrix:
+        import numpy as np
+
+        np.savetxt(args.matrix, register.matrix_world, fmt="%.8f",
+                   header="4x4 world (mm) matrix mapping fixed-image points to moving-image points")
+    print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
+    if result.dice is not None:
+        before = None
+        if pair.moving_seg is not None and pair.fixed_seg is not None:
+            from . import io, metrics
+
+            before = metrics.dice(io.to_tensor(pair.moving_seg), io.to_tensor(pair.fixed_seg), result.dice.labels)
+        after_mean = float(torch.nanmean(result.dice.per_label))
+        before_text = f" (before: {float(torch.nanmean(before.per_label)):.4f})" if before is not None else ""
+        print(f"Dice (mean over {result.dice.labels.numel()} labels): {after_mean:.4f}{before_text}")
+    return 0
+
+
+def cmd_warp(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import io, spatial
+
+    warp = io.load_warp(args.warp)
+    moving = io.load_volume(args.moving, key=args.npz_key)
+    ndim = warp.disp.shape[0]
+    if moving.ndim != ndim:
+        raise UserError(f"--moving '{args.moving}' is {moving.ndim}D but --warp '{args.warp}' is a {ndim}D field")
+    grid = io.Volume(warp.disp[0], warp.affine)
+    integer = moving.data.dtype.kind in "iu"
+    interp = args.interp or ("nearest" if integer else "linear")
+    if not io.same_grid(moving, grid):
+        print("morphreg warp: note: the moving image is not on the warp's grid; it was resampled onto it "
+              "through the affines first", file=sys.stderr)
+        moving = io.resample_to(moving, grid, order=0 if interp == "nearest" else 1)
+    image = io.to_tensor(moving)
+    if interp == "linear":
+        image = image.float()
+    moved = spatial.warp(image, torch.from_numpy(warp.disp)[None], mode=interp)
+    result = io.from_tensor(moved, grid)
+    if interp == "nearest" and integer:
+        result.data = result.data.astype(moving.data.dtype)
+    io.save_volume(result, args.moved, description=f"morphreg {__version__}: warped by {Path(args.warp).name}")
+    print(f"moved image: {args.moved} ({interp} interpolation)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import io
+    from .data import read_pairs_csv
+    from .workflows.evaluate import EvalPair, evaluate_pairs, timed
+    from .workflows.register import load_pair, network_register_fn
+    from .workflows.train import resolve_device
+
+    device = resolve_device(args.device)
+    model = _load_network(args.model, device)
+    rows = read_pairs_csv(args.pairs)
+    normalise = _normalise_arg(args.normalise)
+
+    def pairs() -> Any:
+        import torch
+
+        from .data import normalise_intensity
+
+        for i, row in enumerate(rows):
+            pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"))
+            if pair.fixed.ndim != model.ndim:
+                raise UserError(f"--pairs row {i + 2}: images are {pair.fixed.ndim}D but the model is {model.ndim}D")
+
+            def tensor(vol: io.Volume) -> torch.Tensor:
+                data = vol.data.astype("float32")
+                return torch.from_numpy(normalise_intensity(data, normalise) if normalise else data)[None, None]
+
+            segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
+            yield EvalPair(f"{i:04d}", tensor(pair.moving), tensor(pair.fixed), *segs,
+                           moving_name=str(row["moving"]), fixed_name=str(row["fixed"]))
+
+    spacing = None
+    summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs(), args.out, figures=args.figures,
+                             with_hd95=not args.no_hd95, spacing=spacing, progress=not args.no_progress)
+    _print_summary(summary)
+    print(f"report: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"{summary['n_pairs']} pairs")
+    for key in ("dice_before", "dice_after", "hd95_before", "hd95_after", "folding_pct", "sdlogj", "seconds"):
+        stats = summary.get(key, {})
+        if stats.get("n"):
+            print(f"  {key:<12} {stats['mean']:.4f} ± {stats['sd']:.4f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .workflows.demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "register": cmd_register,
+    "warp": cmd_warp,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help / --version
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"morphreg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError,
+            RuntimeError) as err:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"morphreg {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""From user-facing data specifications (paths, keys, splits) to training/evaluation pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..data import PairDataset, load_collection, read_pairs_csv, split_subjects
+
+
+@dataclass
+class TrainingData:
+    """Training and validation pair sets built from one collection."""
+
+    train: PairDataset
+    val: PairDataset | None
+    train_names: list[str]
+    val_names: list[str]
+    n_labels: int | None
+
+
+def _load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np.ndarray] | None:
+    if segs is None:
+        return None
+    arrays, _ = load_collection(segs, key=seg_key)
+    if len(arrays) != n:
+        raise ValueError(f"--segs '{segs}' holds {len(arrays)} label maps but --data holds {n} images")
+    for i, seg in enumerate(arrays):
+        if seg.dtype.kind not in "iu":
+            if np.all(np.mod(seg, 1) == 0):
+                arrays[i] = seg.astype(np.int32)
+            else:
+                raise ValueError(f"--segs '{segs}': label map {i} is not integer-valued (dtype {seg.dtype})")
+    return arrays
+
+
+def build_training_data(
+    data: str,
+    *,
+    key: str | None = None,
+    segs: str | None = None,
+    seg_key: str | None = None,
+    atlas: str | None = None,
+    atlas_seg: str | None = None,
+    pairs_csv: str | None = None,
+    val_fraction: float = 0.2,
+    val_pairs: int = 16,
+    seed: int = 0,
+    augment: bool = False,
+    normalise: str | None = "minmax",
+) -> TrainingData:
+    """Read ``data`` (and ``segs``), split subjects (seeded), and pair them.
+
+    Pairing: random inter-subject (default), atlas-to-subject (``atlas``), or the explicit
+    pairs of ``pairs_csv`` (then ``data`` is not used; the last ``val_fraction`` of the CSV's
+    rows validate, the others train).
+    Validation pairs are consecutive validation subjects (``i -> i+1``), at most ``val_pairs``.
+    """
+    if pairs_csv is not None:
+        return _from_pairs_csv(pairs_csv, key, seg_key, val_fraction, seed, normalise, augment)
+    images, names = load_collection(data, key=key)
+    seg_arrays = _load_optional_segs(segs, seg_key, len(images))
+    split = split_subjects(len(images), val_fraction=val_fraction, seed=seed)
+    pick = lambda arrays, idx: None if arrays is None else [arrays[i] for i in idx]  # noqa: E731
+    n_labels = None if seg_arrays is None else int(max(int(s.max()) for s in seg_arrays)) + 1
+    atlas_img = atlas_lab = None
+    if atlas is not None:
+        atlas_img = io.load_volume(atlas).data
+        if atlas_seg is not None:
+            atlas_lab = io.load_volume(atlas_seg).data.astype(np.int32)
+        elif seg_arrays is not None:
+            raise ValueError("--atlas with --segs needs --atlas-seg (the atlas label map)")
+    pairing = "atlas" if atlas is not None else "random"
+    extra = {"atlas": atlas_img, "atlas_seg": atlas_lab} if atlas is not None else {}
+    train = PairDataset(pick(images, split.train), pick(seg_arrays, split.train), pairing, seed=seed,
+                        augment=augment, normalise=normalise, **extra)
+    val = None
+    if len(split.val) >= 2 or (atlas is not None and split.val):
+        val_images, val_segs = pick(images, split.val), pick(seg_arrays, split.val)
+        if atlas is not None:
+            val = PairDataset(val_images[:val_pairs], None if val_segs is None else val_segs[:val_pairs],
+                              "atlas", normalise=normalise, **extra)
+        else:
+            count = min(val_pairs, len(split.val) - 1)
+            val = PairDataset(val_images, val_segs, "pairs", pairs=[(i, i + 1) for i in range(count)],
+                              normalise=normalise)
+    return TrainingData(train, val, [names[i] for i in split.train], [names[i] for i in split.val], n_labels)
+
+
+def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fraction: float, seed: int,
+                    normalise: str | None, augment: bool) -> TrainingData:
+    rows = read_pairs_csv(pairs_csv)
+    files: list[Path] = []
+    for row in rows:
+        for col in ("moving", "fixed"):
+            if row[col] not in files:
+                files.append(row[col])
+    index = {f: i for i, f in enumerate(files)}
+    images = [io.load_volume(f, key=key).data for f in files]
+    has_segs = "moving_seg" in rows[0]
+    segs = None
+    if has_segs:
+        seg_of: dict[int, np.ndarray] = {}
+        for row in rows:
+            seg_of[index[row["moving"]]] = io.load_volume(row["moving_seg"], key=seg_key).data.astype(np.int32)
+            seg_of[index[row["fixed"]]] = io.load_volume(row["fixed_seg"], key=seg_key).data.astype(np.int32)
+        segs = [seg_of[i] for i in range(len(files))]
+    pairs = [(index[r["moving"]], index[r["fixed"]]) for r in rows]
+    n_val = int(round(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
+    train_pairs, val_pairs = pairs[: len(pairs) - n_val], pairs[len(pairs) - n_val:]
+    train = PairDataset(images, segs, "pairs", pairs=train_pairs, seed=seed, augment=augment, normalise=normalise)
+    val = PairDataset(images, segs, "pairs", pairs=val_pairs, normalise=normalise) if val_pairs else None
+    n_labels = None if segs is None else int(max(int(s.max()) for s in segs)) + 1
+    names = [io.split_ext(f)[0] for f in files]
+    return TrainingData(train, val, names, [], n_labels)

@@ -1,0 +1,70 @@
+"""Thin helpers around ``torch.distributed`` for runs launched with ``torchrun``.
+
+No home-made distribution layer: when ``torchrun`` sets ``WORLD_SIZE > 1`` the process group
+is initialised from the environment (``gloo`` on CPU, ``nccl`` on CUDA) and the model is wrapped
+in ``DistributedDataParallel``; otherwise every helper is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(device: torch.device) -> DistInfo:
+    """Initialise the process group if launched by torchrun with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of ``value`` over ranks (identity for one process)."""
+    if not info.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / info.world_size
+
+
+def all_gather_floats(values: list[float], info: DistInfo) -> list[float]:
+    """Concatenate per-rank lists of floats on every rank (rank order)."""
+    if not info.enabled:
+        return list(values)
+    gathered: list[list[float] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, list(values))
+    return [v for part in gathered for v in (part or [])]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

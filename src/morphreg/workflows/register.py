@@ -1,0 +1,137 @@
+"""Registering one pair of files with a trained network: load, align grids, run, write.
+
+The network works in voxels on the fixed image's grid; physical space stays at this boundary:
+``moving`` (and its labels) are resampled onto the fixed grid through the affines when the two
+grids differ, and every output carries the fixed image's affine and header geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io, metrics, spatial
+from ..data import normalise_intensity
+
+RegisterFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PairOnGrid:
+    """A moving/fixed pair (with optional labels) on the fixed image's voxel grid."""
+
+    moving: io.Volume
+    fixed: io.Volume
+    moving_seg: io.Volume | None = None
+    fixed_seg: io.Volume | None = None
+    resampled: bool = False
+
+
+@dataclass
+class RegisteredPair:
+    """Result of registering a :class:`PairOnGrid` (arrays on the fixed grid)."""
+
+    moved: io.Volume
+    disp: np.ndarray  # (ndim, *spatial) voxels
+    moved_seg: io.Volume | None
+    seconds: float
+    dice: metrics.LabelScores | None
+
+
+def _check_label_map(volume: io.Volume, path: str | Path, arg: str) -> None:
+    if volume.data.dtype.kind not in "iu":
+        if np.issubdtype(volume.data.dtype, np.floating) and np.all(np.mod(volume.data, 1) == 0):
+            volume.data = volume.data.astype(np.int32)
+            return
+        raise ValueError(
+            f"{arg} '{path}' must be an integer label map, got non-integer values of dtype {volume.data.dtype}"
+        )
+
+
+def load_pair(
+    moving: str | Path,
+    fixed: str | Path,
+    moving_seg: str | Path | None = None,
+    fixed_seg: str | Path | None = None,
+    *,
+    key: str | None = None,
+    seg_key: str | None = None,
+) -> PairOnGrid:
+    """Read a pair and put ``moving`` (and its labels) on ``fixed``'s grid.
+
+    Raises:
+        ValueError: different dimensionality, label maps that do not match their image's grid,
+            or non-integer label maps.
+    """
+    moving_vol = io.load_volume(moving, key=key)
+    fixed_vol = io.load_volume(fixed, key=key)
+    if moving_vol.ndim != fixed_vol.ndim:
+        raise ValueError(
+            f"--moving '{moving}' is {moving_vol.ndim}D but --fixed '{fixed}' is {fixed_vol.ndim}D; "
+            "they must have the same dimensionality"
+        )
+    segs: dict[str, io.Volume | None] = {"moving": None, "fixed": None}
+    for name, path, image in (("moving", moving_seg, moving_vol), ("fixed", fixed_seg, fixed_vol)):
+        if path is None:
+            continue
+        seg = io.load_volume(path, key=seg_key)
+        _check_label_map(seg, path, f"--{name}-seg")
+        if not io.same_grid(seg, image):
+            raise ValueError(
+                f"--{name}-seg '{path}' (shape {seg.shape}) is not on the grid of its image "
+                f"(shape {image.shape}, or a different affine)"
+            )
+        segs[name] = seg
+    resampled = not io.same_grid(moving_vol, fixed_vol)
+    if resampled:
+        moving_vol = io.resample_to(moving_vol, fixed_vol, order=1)
+        if segs["moving"] is not None:
+            segs["moving"] = io.resample_to(segs["moving"], fixed_vol, order=0)
+    return PairOnGrid(moving_vol, fixed_vol, segs["moving"], segs["fixed"], resampled)
+
+
+def network_register_fn(model: torch.nn.Module, device: torch.device) -> RegisterFn:
+    """``(moving, fixed) -> disp`` with a network in inference mode on ``device``."""
+    model = model.to(device).eval()
+
+    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(moving.to(device), fixed.to(device)).disp
+
+    return run
+
+
+def register_pair(
+    pair: PairOnGrid, register: RegisterFn, *, normalise: str | None = "minmax"
+) -> RegisteredPair:
+    """Run ``register`` on a pair; warp the original moving intensities and labels.
+
+    Args:
+        pair: the pair on the fixed grid.
+        register: ``(moving, fixed) -> disp`` on ``(1, 1, *spatial)`` float tensors.
+        normalise: intensity normalisation of the network inputs (as in training).
+    """
+    def prepared(volume: io.Volume) -> torch.Tensor:
+        data = volume.data.astype(np.float32)
+        if normalise is not None:
+            data = normalise_intensity(data, normalise)
+        return torch.from_numpy(np.ascontiguousarray(data))[None, None]
+
+    moving, fixed = prepared(pair.moving), prepared(pair.fixed)
+    start = time.perf_counter()
+    disp = register(moving, fixed).detach().float().cpu()
+    seconds = time.perf_counter() - start
+    moved = spatial.warp(io.to_tensor(pair.moving).float(), disp)
+    moved_seg = dice = None
+    if pair.moving_seg is not None:
+        moved_seg_t = spatial.warp(io.to_tensor(pair.moving_seg), disp, mode="nearest")
+        moved_seg = io.from_tensor(moved_seg_t, pair.fixed)
+        moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
+        if pair.fixed_seg is not None:
+            dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
+    return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice)

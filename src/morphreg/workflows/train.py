@@ -1,0 +1,432 @@
+"""Unsupervised (and semi-supervised) training of a registration network.
+
+``L = L_sim(f, m ∘ φ) + λ L_smooth(u) [+ γ L_dice(s_f, s_m ∘ φ)]``, Adam, a fixed number of
+steps. A run directory holds::
+
+    RUN_DIR/settings.json   the TrainSettings (JSON; never evaluated)
+    RUN_DIR/state.pt        resumable state: model, optimiser, step, RNG, best score
+    RUN_DIR/model.pt        the best model by validation Dice (or the last, without labels)
+    RUN_DIR/last.pt         the model after the last completed step
+    RUN_DIR/metrics.csv     one row per logged step (loss parts, lr, validation)
+    RUN_DIR/train.log       text log
+
+Every file is written atomically. The order of the samples depends only on the seed and the
+step, so ``resume`` continues exactly, and under ``torchrun`` each rank takes its share of the
+same global batch (DistributedDataParallel averages the gradients; rank 0 alone writes files).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import losses, metrics, spatial
+from ..data import PairDataset
+from ..models import VxmDense
+from ..models.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from . import distributed as dist_utils
+
+STATE_FORMAT = "morphreg-train-state-v1"
+DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "gncc": 1.0, "mi": 1.0}
+METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "lr", "val_dice", "val_loss", "seconds")
+
+
+@dataclass
+class TrainSettings:
+    """Everything that defines a training run (stored as ``settings.json``).
+
+    ``weight`` is λ, the smoothness weight; ``None`` takes the paper's value for the loss
+    (0.01 for MSE, 1 for NCC). ``batch_size`` is per process (global = batch_size × ranks).
+    """
+
+    loss: str = "ncc"
+    weight: float | None = None
+    window: int = 9
+    int_steps: int = 0
+    int_downsize: int = 1
+    bidir: bool = False
+    seg_weight: float = 0.0
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-4
+    lr_schedule: str = "constant"
+    seed: int = 0
+    device: str = "auto"
+    val_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    enc: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
+    dec: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 32, 16, 16])
+    deterministic: bool = False
+    amp: bool = True
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        fn = "TrainSettings"
+        if self.loss not in DEFAULT_LAMBDA:
+            raise ValueError(f"{fn}: 'loss' must be one of {list(DEFAULT_LAMBDA)}, got {self.loss!r}")
+        if self.weight is None:
+            self.weight = DEFAULT_LAMBDA[self.loss]
+        for name in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{fn}: '{name}' must be an integer >= 1, got {value!r}")
+        for name in ("weight", "seg_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{fn}: '{name}' must be a finite number >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{fn}: 'lr' must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"{fn}: 'lr_schedule' must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"{fn}: 'device' must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{fn}: 'device' is cuda but no CUDA device is available")
+        self.enc = [int(v) for v in self.enc]
+        self.dec = [int(v) for v in self.dec]
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSettings:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for (0-based) ``step``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+
+
+class TrainResult(NamedTuple):
+    """Outcome of :func:`train`."""
+
+    run_dir: Path
+    step: int
+    best_val_dice: float
+    final_loss: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def _batch_indices(
+    settings: TrainSettings, step: int, n: int, info: dist_utils.DistInfo, cache: dict[int, torch.Tensor]
+) -> list[tuple[int, int]]:
+    """(epoch, dataset index) of this rank's samples for ``step``; depends on nothing else."""
+    global_batch = settings.batch_size * info.world_size
+    out = []
+    for j in range(settings.batch_size):
+        position = step * global_batch + info.rank * settings.batch_size + j
+        epoch, k = divmod(position, n)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = _epoch_order(settings.seed, epoch, n)
+        out.append((epoch, int(cache[epoch][k])))
+    return out
+
+
+def _collate(dataset: PairDataset, picks: list[tuple[int, int]], device: torch.device) -> dict[str, torch.Tensor]:
+    items = []
+    for epoch, index in picks:
+        dataset.set_epoch(epoch)
+        items.append(dataset[index])
+    keys = [k for k in items[0] if torch.is_tensor(items[0][k])]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
+
+
+def _one_hot(seg: torch.Tensor, n_labels: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, 1, *spatial)`` integer labels -> ``(B, n_labels, *spatial)`` float one-hot."""
+    return F.one_hot(seg[:, 0].long(), n_labels).movedim(-1, 1).to(dtype)
+
+
+class LossParts(NamedTuple):
+    total: torch.Tensor
+    sim: torch.Tensor
+    smooth: torch.Tensor
+    seg: torch.Tensor
+
+
+def registration_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    settings: TrainSettings,
+    similarity: torch.nn.Module,
+    n_labels: int,
+) -> LossParts:
+    """The VoxelMorph objective for one batch (bidirectional and semi-supervised as set)."""
+    moving, fixed = batch["moving"], batch["fixed"]
+    out = model(moving, fixed)
+    sim = similarity(out.moved, fixed)
+    if settings.bidir and out.moved_fixed is not None:
+        sim = 0.5 * (sim + similarity(out.moved_fixed, moving))
+    smooth = losses.grad_loss(out.disp)
+    seg = sim.new_zeros(())
+    if settings.seg_weight > 0:
+        moving_onehot = _one_hot(batch["moving_seg"], n_labels, moving.dtype)
+        fixed_onehot = _one_hot(batch["fixed_seg"], n_labels, moving.dtype)
+        moved_onehot = spatial.warp(moving_onehot, out.disp)
+        seg = losses.dice_loss(moved_onehot[:, 1:], fixed_onehot[:, 1:])
+    total = sim + settings.weight * smooth + settings.seg_weight * seg
+    return LossParts(total, sim, smooth, seg)
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    val_set: PairDataset,
+    similarity: torch.nn.Module,
+    device: torch.device,
+    info: dist_utils.DistInfo,
+) -> tuple[float, float]:
+    """Mean Dice (NaN without labels) and mean similarity loss over the validation pairs."""
+    was_training = model.training
+    model.eval()
+    dices, sims = [], []
+    for index in range(info.rank, len(val_set), info.world_size):
+        item = val_set[index]
+        moving = item["moving"].unsqueeze(0).to(device)
+        fixed = item["fixed"].unsqueeze(0).to(device)
+        out = model(moving, fixed)
+        sims.append(float(similarity(out.moved, fixed)))
+        if "moving_seg" in item:
+            moved_seg = spatial.warp(item["moving_seg"].unsqueeze(0).to(device), out.disp, mode="nearest")
+            fixed_seg = item["fixed_seg"].unsqueeze(0).to(device)
+            dices.append(float(metrics.dice(moved_seg, fixed_seg).mean[0]))
+    model.train(was_training)
+    dices = dist_utils.all_gather_floats(dices, info)
+    sims = dist_utils.all_gather_floats(sims, info)
+    dice_mean = float(np.nanmean(dices)) if dices else float("nan")
+    return dice_mean, float(np.mean(sims)) if sims else float("nan")
+
+
+def _setup_logger(run_dir: Path, enabled: bool) -> logging.Logger:
+    logger = logging.getLogger(f"morphreg.train.{run_dir.resolve()}")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if enabled:
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    else:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+class _MetricsLog:
+    """Append-only CSV of metrics; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, METRIC_COLUMNS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+
+def _save_state(path: Path, model: VxmDense, optimizer: torch.optim.Optimizer, step: int, best: float,
+                settings: TrainSettings) -> None:
+    atomic_torch_save(
+        {
+            "format": STATE_FORMAT,
+            "model": model.checkpoint(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "best_val_dice": best,
+            "torch_rng": torch.get_rng_state(),
+            "settings": asdict(settings),
+        },
+        path,
+    )
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"'{path}' is not a morphreg training state")
+    return state
+
+
+def train(
+    settings: TrainSettings,
+    train_set: PairDataset,
+    val_set: PairDataset | None,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    n_labels: int | None = None,
+) -> TrainResult:
+    """Train a :class:`VxmDense` on ``train_set``; see the module docstring for the outputs.
+
+    Args:
+        settings: hyper-parameters.
+        train_set: training pairs (its length is one epoch).
+        val_set: validation pairs (``pairing="pairs"``), or ``None``.
+        run_dir: output folder (created).
+        resume: continue from ``run_dir/state.pt`` up to ``settings.steps``.
+        progress: show a progress bar (rank 0 only).
+        n_labels: number of label values (max label + 1) for the Dice loss; default from the data.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True)
+    info = dist_utils.init_from_env(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier(info)
+    logger = _setup_logger(run_dir, info.is_main)
+
+    sample = train_set[0]
+    ndim = sample["moving"].dim() - 1
+    if settings.seg_weight > 0:
+        if train_set.segs is None:
+            raise ValueError("train: seg_weight > 0 needs label maps for the training images (--segs)")
+        if n_labels is None:
+            n_labels = int(max(int(s.max()) for s in train_set.segs)) + 1
+    n_labels = n_labels or 1
+
+    torch.manual_seed(settings.seed)
+    model = VxmDense(ndim, enc=settings.enc, dec=settings.dec, int_steps=settings.int_steps,
+                     int_downsize=settings.int_downsize, bidir=settings.bidir).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    start, best = 0, -math.inf
+    state_path = run_dir / "state.pt"
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"train: --resume given but '{state_path}' does not exist")
+        state = _load_state(state_path)
+        saved = VxmDense.from_checkpoint(state["model"], source=str(state_path))
+        if saved.config != model.config:
+            raise ValueError(
+                f"train: cannot resume: the saved model config {saved.config} differs from the "
+                f"requested one {model.config}"
+            )
+        model.load_state_dict(saved.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = int(state["step"]), float(state["best_val_dice"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", state_path, start)
+    if start >= settings.steps:
+        logger.info("nothing to do: already at step %d of %d", start, settings.steps)
+    if info.is_main:
+        tmp = run_dir / "settings.json.tmp"
+        tmp.write_text(json.dumps(asdict(settings), indent=2))
+        os.replace(tmp, run_dir / "settings.json")
+
+    ddp_model: torch.nn.Module = model
+    if info.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_settings = {"window": settings.window} if settings.loss == "ncc" else {}
+    similarity = losses.similarity_loss(settings.loss, **loss_settings)
+    log = _MetricsLog(run_dir / "metrics.csv", start if resume else None, info.is_main)
+    use_amp = settings.amp and device.type == "cuda"
+    order_cache: dict[int, torch.Tensor] = {}
+    bar = tqdm(total=settings.steps, initial=start, disable=not (progress and info.is_main),
+               desc="train", dynamic_ncols=True)
+    running: list[LossParts] = []
+    last_loss = float("nan")
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(start, settings.steps):
+        lr = settings.lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = _collate(train_set, _batch_indices(settings, step, len(train_set), info, order_cache), device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            parts = registration_loss(ddp_model, batch, settings, similarity, n_labels)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        if not torch.isfinite(parts.total):
+            raise FloatingPointError(f"train: loss became {parts.total.item()} at step {step + 1}")
+        running.append(LossParts(*(p.detach() for p in parts)))
+        done = step + 1
+        bar.update(1)
+        is_log = done % settings.log_every == 0 or done == settings.steps
+        is_val = val_set is not None and (done % settings.val_every == 0 or done == settings.steps)
+        is_ckpt = done % settings.checkpoint_every == 0 or done == settings.steps
+        if is_log or is_val:
+            mean = [dist_utils.all_reduce_mean(torch.stack([getattr(r, k) for r in running]).mean(), info).item()
+                    for k in LossParts._fields]
+            running.clear()
+            last_loss = mean[0]
+            row: dict[str, Any] = {"step": done, "loss": mean[0], "sim": mean[1], "smooth": mean[2],
+                                   "seg": mean[3], "lr": lr, "seconds": round(time.perf_counter() - t0, 2)}
+            bar.set_postfix(loss=f"{mean[0]:.4f}", sim=f"{mean[1]:.4f}", smooth=f"{mean[2]:.3g}",
+                            seg=f"{mean[3]:.3g}")
+            if is_val:
+                val_dice, val_loss = validate(model, val_set, similarity, device, info)
+                row.update(val_dice=val_dice, val_loss=val_loss)
+                score = val_dice if math.isfinite(val_dice) else -val_loss
+                if score > best:
+                    best = score
+                    if info.is_main:
+                        model.save(run_dir / "model.pt", metadata={"step": done, "val_dice": val_dice,
+                                                                  "val_loss": val_loss})
+                logger.info("step %d val_dice %.4f val_loss %.4f", done, val_dice, val_loss)
+            logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g", done, *mean)
+            log.write(row)
+        if is_ckpt and info.is_main:
+            _save_state(state_path, model, optimizer, done, best, settings)
+            model.save(run_dir / "last.pt", metadata={"step": done})
+    bar.close()
+    if info.is_main and (val_set is None or not (run_dir / "model.pt").exists()):
+        model.save(run_dir / "model.pt", metadata={"step": settings.steps})
+    dist_utils.barrier(info)
+    best_dice = best if val_set is not None and val_set.segs is not None else float("nan")
+    return TrainResult(run_dir, max(start, settings.steps), best_dice, last_loss)
+
+
+def iterate_pairs(dataset: PairDataset) -> Iterator[dict[str, torch.Tensor]]:
+    """Items of ``dataset`` in order (helper for evaluation loops)."""
+    for index in range(len(dataset)):
+        yield dataset[index]

@@ -1,0 +1,185 @@
+"""The command line end to end on small synthetic NIfTI files with a non-identity affine."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from morphreg import io
+from morphreg.cli import main
+from morphreg.data import synthetic_shapes
+
+AFFINE = np.array([[-1.0, 0, 0, 80], [0, 0, 1.2, -112], [0, -1, 0, 96], [0, 0, 0, 1]])
+TINY = ["--enc", "4", "4", "4", "4", "--dec", "4", "4", "4", "4", "4", "4"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    images, labels = synthetic_shapes(10, (40, 36), n_labels=4, seed=1)
+    (root / "img").mkdir()
+    (root / "seg").mkdir()
+    for i in range(10):
+        nib.save(nib.Nifti1Image(images[i][..., None], AFFINE), root / "img" / f"s{i:02d}.nii.gz")
+        nib.save(nib.Nifti1Image(labels[i][..., None].astype(np.uint8), AFFINE), root / "seg" / f"s{i:02d}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    code = main(["train", "--data", str(dataset / "img"), "--segs", str(dataset / "seg"), "--loss", "ncc",
+                 "--steps", "6", "--val-every", "3", "--checkpoint-every", "3", "--lr", "1e-3",
+                 "--no-progress", "--out", str(run), *TINY])
+    assert code == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained):
+    for name in ("model.pt", "last.pt", "state.pt", "metrics.csv", "settings.json", "split.json",
+                 "train.log", "training_curves.png"):
+        assert (trained / name).is_file(), name
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 6]
+    assert all(r["val_dice"] for r in rows)
+    assert not list(trained.glob("*.tmp")) and not list(trained.glob(".*tmp"))
+
+
+def test_register_outputs_carry_the_fixed_geometry(dataset, trained, tmp_path, capsys):
+    out = tmp_path
+    code = main(["register", "--model", str(trained), "--moving", str(dataset / "img" / "s00.nii.gz"),
+                 "--fixed", str(dataset / "img" / "s01.nii.gz"), "--moved", str(out / "moved.nii.gz"),
+                 "--warp", str(out / "warp.nii.gz"), "--moving-seg", str(dataset / "seg" / "s00.nii.gz"),
+                 "--moved-seg", str(out / "moved_seg.nii.gz"), "--fixed-seg", str(dataset / "seg" / "s01.nii.gz")])
+    assert code == 0
+    assert "Dice (mean over" in capsys.readouterr().out
+    moved = nib.load(out / "moved.nii.gz")
+    assert np.allclose(moved.affine, AFFINE)
+    assert moved.shape[:2] == (40, 36)
+    assert moved.get_data_dtype() == np.float32
+    seg = nib.load(out / "moved_seg.nii.gz")
+    assert np.allclose(seg.affine, AFFINE) and seg.get_data_dtype() == np.uint8
+    assert set(np.unique(seg.get_fdata())) <= set(range(5))
+    warp = nib.load(out / "warp.nii.gz")
+    assert np.allclose(warp.affine, AFFINE)
+    assert warp.shape == (40, 36, 1, 1, 2)
+    assert b"units=voxel" in warp.header["descrip"].tobytes()
+    # warping with the saved field reproduces the moved image
+    assert main(["warp", "--moving", str(dataset / "img" / "s00.nii.gz"), "--warp", str(out / "warp.nii.gz"),
+                 "--moved", str(out / "again.nii.gz")]) == 0
+    again = nib.load(out / "again.nii.gz").get_fdata()
+    assert np.allclose(again, moved.get_fdata(), atol=1e-5)
+    assert main(["warp", "--moving", str(dataset / "seg" / "s00.nii.gz"), "--warp", str(out / "warp.nii.gz"),
+                 "--moved", str(out / "again_seg.nii.gz")]) == 0
+    again_seg = nib.load(out / "again_seg.nii.gz")
+    assert again_seg.get_data_dtype() == np.uint8
+    assert np.array_equal(again_seg.get_fdata(), seg.get_fdata())
+
+
+def test_register_mm_warp_and_resampled_moving(dataset, trained, tmp_path, capsys):
+    # the moving image on another grid (shifted by 2 voxels through its affine)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += AFFINE[:3, 0] * 2
+    data = nib.load(dataset / "img" / "s00.nii.gz").get_fdata().astype(np.float32)
+    nib.save(nib.Nifti1Image(data, shifted), tmp_path / "moving.nii.gz")
+    code = main(["register", "--model", str(trained / "model.pt"), "--moving", str(tmp_path / "moving.nii.gz"),
+                 "--fixed", str(dataset / "img" / "s01.nii.gz"), "--moved", str(tmp_path / "moved.nii.gz"),
+                 "--warp", str(tmp_path / "warp.nii.gz"), "--warp-units", "mm"])
+    assert code == 0
+    assert "resampled onto the fixed grid" in capsys.readouterr().err
+    warp = nib.load(tmp_path / "warp.nii.gz")
+    assert warp.shape == (40, 36, 1, 1, 3) and b"units=mm" in warp.header["descrip"].tobytes()
+    voxel = io.load_warp(tmp_path / "warp.nii.gz").disp
+    assert voxel.shape == (2, 40, 36)
+
+
+def test_evaluate_writes_reports(dataset, trained, tmp_path, capsys):
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w") as handle:
+        handle.write("moving,fixed,moving_seg,fixed_seg\n")
+        for i in range(3):
+            handle.write(f"{dataset}/img/s0{i}.nii.gz,{dataset}/img/s0{i + 1}.nii.gz,"
+                         f"{dataset}/seg/s0{i}.nii.gz,{dataset}/seg/s0{i + 1}.nii.gz\n")
+    code = main(["evaluate", "--model", str(trained), "--pairs", str(pairs), "--out", str(tmp_path / "rep"),
+                 "--figures", "1", "--no-progress"])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "pairs.csv")))
+    assert len(rows) == 3
+    for row in rows:
+        assert 0.0 < float(row["dice_before"]) < 1.0 and 0.0 < float(row["dice_after"]) < 1.0
+        assert float(row["folding_pct"]) >= 0.0 and float(row["seconds"]) > 0.0
+    assert (tmp_path / "rep" / "summary.json").is_file()
+    assert (tmp_path / "rep" / "figures" / "pair000_registration.png").is_file()
+    assert (tmp_path / "rep" / "figures" / "dice_per_structure.png").is_file()
+
+
+def test_resume_continues_to_the_same_weights(dataset, tmp_path):
+    common = ["train", "--data", str(dataset / "img"), "--loss", "mse", "--lr", "1e-3", "--val-every", "2",
+              "--checkpoint-every", "2", "--no-progress", "--seed", "3", *TINY]
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--steps", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "b")]) == 1  # refuses to overwrite a run
+    assert main([*common, "--steps", "4", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["register", "--model", "{run}", "--moving", "{data}/img/missing.nii.gz", "--fixed",
+          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "does not exist"),
+        (["register", "--model", "{tmp}", "--moving", "{data}/img/s00.nii.gz", "--fixed",
+          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "--model"),
+        (["register", "--model", "{run}", "--moving", "{tmp}/vol3d.nii.gz", "--fixed",
+          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "3D but --fixed"),
+        (["register", "--model", "{tmp}/plain.pt", "--moving", "{data}/img/s00.nii.gz", "--fixed",
+          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "not a morphreg model"),
+        (["register", "--moving", "{data}/img/s00.nii.gz", "--fixed", "{data}/img/s01.nii.gz",
+          "--moved", "{tmp}/m.nii.gz"], "give --model"),
+        (["train", "--data", "{data}/img", "--out", "{tmp}/r", "--seg-weight", "1"], "needs --segs"),
+        (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "no image files|empty|no files"),
+        (["warp", "--moving", "{data}/img/s00.nii.gz", "--warp", "{data}/img/s01.nii.gz",
+          "--moved", "{tmp}/m.nii.gz"], "warp"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(argv, message, dataset, trained, tmp_path, capsys):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), AFFINE), tmp_path / "vol3d.nii.gz")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    (tmp_path / "empty").mkdir()
+    filled = [a.format(run=trained, data=dataset, tmp=tmp_path) for a in argv]
+    code = main(filled)
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"morphreg {argv[0]}: error:")
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "x", "--out", "y", "--loss", "ssd"],
+        ["train", "--data", "x", "--out", "y", "--steps", "0"],
+        ["train", "--data", "x", "--out", "y", "--lambda", "-1"],
+        ["register", "--moving", "a"],
+        ["fly"],
+        ["warp", "--moving", "a", "--warp", "b", "--moved", "c", "--interp", "cubic"],
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
