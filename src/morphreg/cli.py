@@ -102,6 +102,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="weight of the Dice loss on warped labels (semi-supervised; needs --segs)")
     p.add_argument("--steps", type=_positive_int, default=1500, help="optimisation steps")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="pairs per step and process")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="stop (validated, checkpointed, resumable) after this much wall time")
     p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--seed", type=_non_negative_int, default=0)
@@ -230,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bidir=args.bidir, seg_weight=args.seg_weight, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
-        deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads,
+        deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads, max_minutes=args.max_minutes,
     )
     data = build_training_data(
         args.data, key=args.npz_key, segs=args.segs, seg_key=args.seg_key, atlas=args.atlas,

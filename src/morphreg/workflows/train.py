@@ -50,6 +50,8 @@ class TrainSettings:
 
     ``weight`` is λ, the smoothness weight; ``None`` takes the paper's value for the loss
     (0.01 for MSE, 1 for NCC). ``batch_size`` is per process (global = batch_size × ranks).
+    ``max_minutes`` ends training early (validated and checkpointed, resumable) once this much
+    wall time has passed in this invocation.
     """
 
     loss: str = "ncc"
@@ -73,6 +75,7 @@ class TrainSettings:
     deterministic: bool = False
     amp: bool = True
     threads: int | None = None
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         fn = "TrainSettings"
@@ -376,6 +379,8 @@ def train(
     last_loss = float("nan")
     t0 = time.perf_counter()
     model.train()
+    budget = math.inf if settings.max_minutes is None else 60.0 * settings.max_minutes
+    end = settings.steps
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
         for group in optimizer.param_groups:
@@ -391,9 +396,13 @@ def train(
         running.append(LossParts(*(p.detach() for p in parts)))
         done = step + 1
         bar.update(1)
-        is_log = done % settings.log_every == 0 or done == settings.steps
-        is_val = val_set is not None and (done % settings.val_every == 0 or done == settings.steps)
-        is_ckpt = done % settings.checkpoint_every == 0 or done == settings.steps
+        out_of_time = torch.tensor(float(time.perf_counter() - t0 > budget))
+        if dist_utils.all_reduce_mean(out_of_time, info).item() > 0:  # every rank stops together
+            end = done
+        is_last = done == end
+        is_log = done % settings.log_every == 0 or is_last
+        is_val = val_set is not None and (done % settings.val_every == 0 or is_last)
+        is_ckpt = done % settings.checkpoint_every == 0 or is_last
         if is_log or is_val:
             mean = [dist_utils.all_reduce_mean(torch.stack([getattr(r, k) for r in running]).mean(), info).item()
                     for k in LossParts._fields]
@@ -418,12 +427,16 @@ def train(
         if is_ckpt and info.is_main:
             _save_state(state_path, model, optimizer, done, best, settings)
             model.save(run_dir / "last.pt", metadata={"step": done})
+        if is_last:
+            if end < settings.steps:
+                logger.info("stopped at step %d: max_minutes=%s reached", done, settings.max_minutes)
+            break
     bar.close()
     if info.is_main and (val_set is None or not (run_dir / "model.pt").exists()):
-        model.save(run_dir / "model.pt", metadata={"step": settings.steps})
+        model.save(run_dir / "model.pt", metadata={"step": end})
     dist_utils.barrier(info)
     best_dice = best if val_set is not None and val_set.segs is not None else float("nan")
-    return TrainResult(run_dir, max(start, settings.steps), best_dice, last_loss)
+    return TrainResult(run_dir, max(start, end), best_dice, last_loss)
 
 
 def iterate_pairs(dataset: PairDataset) -> Iterator[dict[str, torch.Tensor]]:
