@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
     p.add_argument("--npz-key", default=None)
+    p.add_argument("--no-resample", action="store_true",
+                   help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment before the network")
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
@@ -292,7 +294,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
     device = resolve_device(args.device)
-    pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key)
+    pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
+                     resample=not args.no_resample)
     if pair.resampled:
         print("morphreg register: note: moving and fixed grids differ (shape or affine); the moving image "
               "was resampled onto the fixed grid through the affines", file=sys.stderr)

@@ -53,17 +53,18 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-        detail_line = (detail[0] if detail else type(err).__name__).split(" was not an allowed")[0]
-        if "Unsupported global" in text:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        code_lines = [line for line in lines if "GLOBAL" in line]
+        if code_lines:  # the file names a Python callable to import: refuse, never run it
+            detail = code_lines[0].split(" was not an allowed")[0].split(" whose module")[0]
             raise CheckpointError(
-                f"checkpoint '{path}' was refused: it references code ({detail_line[:160]}); "
+                f"checkpoint '{path}' was refused: it references code ({detail[:160]}); "
                 "morphreg only loads tensors and plain data and never runs code from a file"
             ) from None
+        detail = next((line for line in lines[1:] if "Weights" not in line and "http" not in line), "")
         raise CheckpointError(
             f"checkpoint '{path}' is not a readable PyTorch weights file (corrupt, or a pickle "
-            f"with objects that morphreg never loads: {detail_line[:120]})"
+            f"with objects that morphreg never loads{': ' + detail[:120] if detail else ''})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -61,12 +61,18 @@ def load_pair(
     *,
     key: str | None = None,
     seg_key: str | None = None,
+    resample: bool = True,
 ) -> PairOnGrid:
     """Read a pair and put ``moving`` (and its labels) on ``fixed``'s grid.
 
+    Args:
+        resample: resample ``moving`` onto ``fixed``'s grid when shapes or affines differ;
+            ``False`` refuses such a pair instead.
+
     Raises:
-        ValueError: different dimensionality, label maps that do not match their image's grid,
-            or non-integer label maps.
+        ValueError: different dimensionality, a constant image, label maps that do not match
+            their image's grid, non-integer label maps, or different grids with
+            ``resample=False``.
     """
     moving_vol = io.load_volume(moving, key=key)
     fixed_vol = io.load_volume(fixed, key=key)
@@ -75,6 +81,12 @@ def load_pair(
             f"--moving '{moving}' is {moving_vol.ndim}D but --fixed '{fixed}' is {fixed_vol.ndim}D; "
             "they must have the same dimensionality"
         )
+    for name, path, volume in (("moving", moving, moving_vol), ("fixed", fixed, fixed_vol)):
+        if volume.data.dtype.kind == "f" and float(volume.data.max()) == float(volume.data.min()):
+            raise ValueError(
+                f"--{name} '{path}' is a constant image (every voxel {float(volume.data.min()):g}); "
+                "there is nothing to register"
+            )
     segs: dict[str, io.Volume | None] = {"moving": None, "fixed": None}
     for name, path, image in (("moving", moving_seg, moving_vol), ("fixed", fixed_seg, fixed_vol)):
         if path is None:
@@ -88,6 +100,11 @@ def load_pair(
             )
         segs[name] = seg
     resampled = not io.same_grid(moving_vol, fixed_vol)
+    if resampled and not resample:
+        raise ValueError(
+            f"--moving (shape {moving_vol.shape}) and --fixed (shape {fixed_vol.shape}) are on different grids "
+            "(shape or affine); without --no-resample the moving image is resampled onto the fixed grid"
+        )
     if resampled:
         moving_vol = io.resample_to(moving_vol, fixed_vol, order=1)
         if segs["moving"] is not None:
