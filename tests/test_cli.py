@@ -183,3 +183,45 @@ def test_usage_errors_exit_2_without_traceback(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_classical_methods_and_composition(dataset, trained, tmp_path, capsys):
+    base = ["--moving", str(dataset / "img" / "s02.nii.gz"), "--fixed", str(dataset / "img" / "s03.nii.gz"),
+            "--moving-seg", str(dataset / "seg" / "s02.nii.gz"), "--fixed-seg", str(dataset / "seg" / "s03.nii.gz")]
+    for method in ("affine", "dense", "ffd"):
+        extra = ["--matrix", str(tmp_path / "matrix.txt")] if method == "affine" else []
+        code = main(["register", "--method", method, *base, "--moved", str(tmp_path / f"{method}.nii.gz"),
+                     "--warp", str(tmp_path / f"{method}_warp.nii.gz"), *extra])
+        assert code == 0
+        out = capsys.readouterr().out
+        before, after = (float(x) for x in
+                         __import__("re").search(r"Dice .*: ([0-9.]+) \(before: ([0-9.]+)\)", out).groups()[::-1])
+        if method != "affine":  # the synthetic subjects differ by smooth deformations, not by an affine
+            assert after > before, (method, before, after)
+        assert np.allclose(nib.load(tmp_path / f"{method}.nii.gz").affine, AFFINE)
+    matrix = np.loadtxt(tmp_path / "matrix.txt")
+    assert matrix.shape == (4, 4) and np.allclose(matrix[3], [0, 0, 0, 1])
+    # network with affine pre-alignment and instance optimisation: one composed warp
+    assert main(["register", "--model", str(trained), "--affine", "--optimize", "20", *base,
+                 "--moved", str(tmp_path / "composed.nii.gz"), "--warp", str(tmp_path / "composed_warp.nii.gz"),
+                 "--matrix", str(tmp_path / "m2.txt")]) == 0
+    assert (tmp_path / "m2.txt").exists()
+    assert main(["warp", "--moving", str(dataset / "img" / "s02.nii.gz"), "--warp", str(tmp_path / "composed_warp.nii.gz"),
+                 "--moved", str(tmp_path / "again.nii.gz")]) == 0
+    assert np.allclose(nib.load(tmp_path / "again.nii.gz").get_fdata(),
+                       nib.load(tmp_path / "composed.nii.gz").get_fdata(), atol=1e-5)
+
+
+def test_learned_affine_network_trains_and_prepends(dataset, trained, tmp_path):
+    run = tmp_path / "affine_run"
+    assert main(["train", "--model", "affine", "--data", str(dataset / "img"), "--steps", "3", "--no-progress",
+                 "--out", str(run)]) == 0
+    from morphreg.models import AffineNet, load_model
+
+    assert isinstance(load_model(run / "model.pt"), AffineNet)
+    base = ["--moving", str(dataset / "img" / "s02.nii.gz"), "--fixed", str(dataset / "img" / "s03.nii.gz")]
+    assert main(["register", "--model", str(run), *base, "--moved", str(tmp_path / "a.nii.gz")]) == 0
+    assert main(["register", "--model", str(trained), "--affine-model", str(run), *base,
+                 "--moved", str(tmp_path / "b.nii.gz")]) == 0
+    assert main(["register", "--method", "dense", "--affine-model", str(run), *base,
+                 "--moved", str(tmp_path / "c.nii.gz")]) == 1

@@ -137,3 +137,27 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 def test_model_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_affine_net_starts_at_identity_and_round_trips(ndim, tmp_path):
+    from morphreg.models import AffineNet
+
+    shape = (20, 24) if ndim == 2 else (12, 14, 16)
+    model = AffineNet(ndim, features=(4, 8))
+    moving, fixed = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    out = model(moving, fixed)
+    assert isinstance(out, RegistrationOutput)
+    assert torch.equal(out.disp, torch.zeros_like(out.disp))
+    assert out.matrix.shape == (2, ndim, ndim + 1)
+    # a head bias of +0.1 on the first translation = 10 % of the extent along axis 0
+    with torch.no_grad():
+        model.head.bias[ndim] = 0.1
+    out = model(moving, fixed)
+    assert torch.allclose(out.disp[:, 0], torch.full_like(out.disp[:, 0], 0.1 * (shape[0] - 1)), atol=1e-5)
+    assert torch.allclose(out.disp[:, 1:], torch.zeros_like(out.disp[:, 1:]), atol=1e-5)
+    model.save(tmp_path / "affine.pt")
+    loaded = load_model(tmp_path / "affine.pt")
+    assert type(loaded) is AffineNet and torch.equal(loaded(moving, fixed).disp, out.disp)
+    with pytest.raises(CheckpointError, match="not a VxmDense"):
+        VxmDense.load(tmp_path / "affine.pt")

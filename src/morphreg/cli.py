@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("train", "train a VoxelMorph network on a collection of images")
+    p.add_argument("--model", choices=["vxm", "affine"], default="vxm",
+                   help="vxm: VxmDense deformable network (default); affine: AffineNet")
     _add_data_args(p, required=False)
     p.add_argument("--atlas", default=None, help="fixed atlas image (atlas-to-subject training)")
     p.add_argument("--atlas-seg", default=None, help="atlas label map (with --segs)")
@@ -157,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz-key", default=None)
     p.add_argument("--no-resample", action="store_true",
                    help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
-    p.add_argument("--affine", action="store_true", help="affine pre-alignment before the network")
+    p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
+    p.add_argument("--affine-model", default=None,
+                   help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
@@ -204,17 +208,17 @@ def _normalise_arg(value: str) -> str | None:
     return None if value == "none" else value
 
 
-def _load_network(path: str, device: Any) -> Any:
-    from .models import VxmDense
+def _load_network(path: str, device: Any, flag: str = "--model") -> Any:
+    from .models import load_model
     from .models.checkpoint import CheckpointError
 
     target = Path(path)
     if target.is_dir():
         target = target / "model.pt"
     try:
-        return VxmDense.load(target, map_location=device)
+        return load_model(target, map_location=device)
     except CheckpointError as err:
-        raise UserError(f"--model: {err}") from None
+        raise UserError(f"{flag}: {err}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -230,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.bidir and args.int_steps == 0:
         raise UserError("--bidir needs a diffeomorphic model: give --int-steps (e.g. 7)")
     settings = TrainSettings(
-        loss=args.loss, weight=args.weight, int_steps=args.int_steps, int_downsize=args.int_downsize,
+        model=args.model, loss=args.loss, weight=args.weight, int_steps=args.int_steps, int_downsize=args.int_downsize,
         bidir=args.bidir, seg_weight=args.seg_weight, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
@@ -291,6 +295,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError(f"--method {method} registers without a network; drop --model or --method")
     if args.moved_seg and not args.moving_seg:
         raise UserError("--moved-seg needs --moving-seg")
+    if (args.affine or args.affine_model) and method != "network":
+        raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
     device = resolve_device(args.device)
@@ -299,16 +305,17 @@ def cmd_register(args: argparse.Namespace) -> int:
     if pair.resampled:
         print("morphreg register: note: moving and fixed grids differ (shape or affine); the moving image "
               "was resampled onto the fixed grid through the affines", file=sys.stderr)
-    if method == "network":
-        model = _load_network(args.model, device)
-        if model.ndim != pair.fixed.ndim:
-            raise UserError(f"--model is a {model.ndim}D network but the images are {pair.fixed.ndim}D")
-        register = network_register_fn(model, device)
-    else:
-        register = None
     from .workflows.classical import classical_register_fn, refine_register_fn
 
-    register = classical_register_fn(method, args, pair, register)
+    def network(path: str, flag: str) -> Any:
+        model = _load_network(path, device, flag)
+        if model.ndim != pair.fixed.ndim:
+            raise UserError(f"{flag} is a {model.ndim}D network but the images are {pair.fixed.ndim}D")
+        return network_register_fn(model, device)
+
+    deformable = network(args.model, "--model") if method == "network" else None
+    learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
+    register = classical_register_fn(method, args, pair, deformable, learned_affine)
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=_normalise_arg(args.normalise))

@@ -1,10 +1,12 @@
 """Registration networks and their checkpoints."""
 
+from .affine import AffineNet
 from .checkpoint import CheckpointError, SavableModel, load_model
 from .layers import ConvBlock, SpatialTransformer, UNet, VecInt
 from .vxm import RegistrationOutput, VxmDense
 
 __all__ = [
+    "AffineNet",
     "CheckpointError",
     "ConvBlock",
     "RegistrationOutput",

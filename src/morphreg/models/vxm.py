@@ -27,6 +27,8 @@ class RegistrationOutput(NamedTuple):
             (diffeomorphic models only, else ``None``).
         moved_fixed: ``(B, C, *spatial)`` fixed image warped to the moving one by
             ``inverse_disp`` when ``bidir=True``, else ``None``.
+        matrix: ``(B, ndim, ndim + 1)`` voxel affine (fixed voxel -> moving voxel) for affine
+            models, else ``None``.
     """
 
     moved: torch.Tensor
@@ -34,6 +36,7 @@ class RegistrationOutput(NamedTuple):
     velocity: torch.Tensor | None
     inverse_disp: torch.Tensor | None
     moved_fixed: torch.Tensor | None
+    matrix: torch.Tensor | None = None
 
 
 class VxmDense(SavableModel):

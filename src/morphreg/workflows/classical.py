@@ -1,26 +1,99 @@
-"""Registration functions built from :mod:`morphreg.optimize` for the command line.
+"""Registration callables built from :mod:`morphreg.optimize` (and networks) for the CLI.
 
-Each returns a ``(moving, fixed) -> disp`` callable (see :mod:`.register`), so the network,
-the classical methods and their combinations share one code path for writing outputs.
+Each is a ``(moving, fixed) -> disp`` function on ``(1, 1, *spatial)`` tensors (see
+:mod:`.register`), so networks, classical methods and their combinations share one path for
+writing outputs. Compositions are returned as one displacement: affine first, then the
+deformable part (:func:`morphreg.spatial.compose`), so the moving image is interpolated once.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
+import torch
+
+from .. import optimize, spatial
 from .register import PairOnGrid, RegisterFn
+
+DEFAULT_LOSS = {"affine": "gncc", "rigid": "gncc", "dense": "ncc", "ffd": "ncc"}
+DEFAULT_WEIGHT = {"ncc": 1.0, "mse": 0.01, "mi": 1.0, "gncc": 1.0}
+
+
+class Registration:
+    """A callable registration that may also remember the world matrix of its affine part."""
+
+    def __init__(self, run: RegisterFn) -> None:
+        self.run = run
+        self.matrix_world: Any = None
+
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self.run(moving, fixed)
+
+
+def affine_step(transform: str, loss: str, pair: PairOnGrid, holder: Registration):
+    """``(moving, fixed) -> affine disp``; stores the world matrix on ``holder``."""
+
+    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        result = optimize.register_affine(moving, fixed, transform=transform, loss=loss,
+                                          moving_affine=pair.fixed.affine, fixed_affine=pair.fixed.affine)
+        holder.matrix_world = result.matrix_world[0].detach().cpu().numpy()
+        return result.disp
+
+    return run
 
 
 def classical_register_fn(
-    method: str, args: argparse.Namespace, pair: PairOnGrid, network: RegisterFn | None
-) -> RegisterFn:
-    """The registration callable for ``method`` (``network`` passes ``network`` through)."""
-    if method == "network" and not args.affine:
-        assert network is not None
-        return network
-    raise NotImplementedError(f"--method {method} / --affine are not wired yet")
+    method: str, args: Any, pair: PairOnGrid, network: RegisterFn | None, affine_network: RegisterFn | None = None
+) -> Registration:
+    """The registration for ``method`` (``network``, ``affine``, ``rigid``, ``dense``, ``ffd``).
+
+    ``args`` supplies ``loss`` and ``weight`` (``None``: per-method defaults) and ``affine``
+    (prepend optimisation-based affine alignment to a network; ``affine_network`` replaces the
+    optimisation with a learned affine model).
+    """
+    holder = Registration(lambda m, f: m)
+    loss = args.loss or DEFAULT_LOSS.get(method, "ncc")
+    weight = DEFAULT_WEIGHT[loss] if args.weight is None else args.weight
+    if method in ("affine", "rigid"):
+        holder.run = affine_step(method, loss, pair, holder)
+        return holder
+    if method == "dense":
+        holder.run = lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight).disp
+        return holder
+    if method == "ffd":
+        holder.run = lambda m, f: optimize.register_ffd(m, f, loss=loss, weight=weight).disp
+        return holder
+    if network is None:
+        raise ValueError(f"unknown registration method {method!r}")
+    if not (args.affine or affine_network is not None):
+        holder.run = network
+        return holder
+    first = affine_network or affine_step("affine", "gncc", pair, holder)
+
+    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        affine_disp = first(moving, fixed)
+        deformable = network(spatial.warp(moving, affine_disp), fixed)
+        return spatial.compose(affine_disp, deformable)
+
+    holder.run = run
+    return holder
 
 
-def refine_register_fn(register: RegisterFn, args: Any) -> RegisterFn:
-    raise NotImplementedError("--optimize is not wired yet")
+def refine_register_fn(register: RegisterFn, args: Any) -> Registration:
+    """Instance-specific optimisation: ``args.optimize`` Adam steps on the field of ``register``.
+
+    The starting field is a copy; the network that produced it is never modified.
+    """
+    loss = args.loss or "ncc"
+    weight = DEFAULT_WEIGHT[loss] if args.weight is None else args.weight
+    refined = Registration(lambda m, f: m)
+
+    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        start = register(moving, fixed).detach().clone()
+        refined.matrix_world = getattr(register, "matrix_world", None)
+        with torch.inference_mode(False), torch.enable_grad():
+            return optimize.register_dense(moving, fixed, loss=loss, weight=weight, levels=1,
+                                           iterations=args.optimize, init_disp=start).disp
+
+    refined.run = run
+    return refined

@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from .. import losses, metrics, spatial
 from ..data import PairDataset
-from ..models import VxmDense
+from ..models import AffineNet, SavableModel, VxmDense
 from ..models.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
 from . import distributed as dist_utils
 
 STATE_FORMAT = "morphreg-train-state-v1"
 DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "gncc": 1.0, "mi": 1.0}
+MODEL_TYPES = ("vxm", "affine")
 METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "lr", "val_dice", "val_loss", "seconds")
 
 
@@ -54,6 +55,7 @@ class TrainSettings:
     wall time has passed in this invocation.
     """
 
+    model: str = "vxm"
     loss: str = "ncc"
     weight: float | None = None
     window: int = 9
@@ -79,6 +81,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         fn = "TrainSettings"
+        if self.model not in MODEL_TYPES:
+            raise ValueError(f"{fn}: 'model' must be one of {list(MODEL_TYPES)}, got {self.model!r}")
         if self.loss not in DEFAULT_LAMBDA:
             raise ValueError(f"{fn}: 'loss' must be one of {list(DEFAULT_LAMBDA)}, got {self.loss!r}")
         if self.weight is None:
@@ -185,7 +189,8 @@ def registration_loss(
     sim = similarity(out.moved, fixed)
     if settings.bidir and out.moved_fixed is not None:
         sim = 0.5 * (sim + similarity(out.moved_fixed, moving))
-    smooth = losses.grad_loss(out.disp)
+    # an affine field is smooth by construction: its gradient penalty would only pull towards identity
+    smooth = losses.grad_loss(out.disp) if out.matrix is None else sim.new_zeros(())
     seg = sim.new_zeros(())
     if settings.seg_weight > 0:
         moving_onehot = _one_hot(batch["moving_seg"], n_labels, moving.dtype)
@@ -267,7 +272,15 @@ class _MetricsLog:
             )
 
 
-def _save_state(path: Path, model: VxmDense, optimizer: torch.optim.Optimizer, step: int, best: float,
+def build_model(settings: TrainSettings, ndim: int) -> SavableModel:
+    """The network a run trains: ``VxmDense`` (default) or ``AffineNet`` (``model="affine"``)."""
+    if settings.model == "affine":
+        return AffineNet(ndim)
+    return VxmDense(ndim, enc=settings.enc, dec=settings.dec, int_steps=settings.int_steps,
+                    int_downsize=settings.int_downsize, bidir=settings.bidir)
+
+
+def _save_state(path: Path, model: SavableModel, optimizer: torch.optim.Optimizer, step: int, best: float,
                 settings: TrainSettings) -> None:
     atomic_torch_save(
         {
@@ -300,7 +313,7 @@ def train(
     progress: bool = True,
     n_labels: int | None = None,
 ) -> TrainResult:
-    """Train a :class:`VxmDense` on ``train_set``; see the module docstring for the outputs.
+    """Train a :class:`VxmDense` (or :class:`AffineNet`) on ``train_set``; see the module docstring.
 
     Args:
         settings: hyper-parameters.
@@ -336,8 +349,7 @@ def train(
     n_labels = n_labels or 1
 
     torch.manual_seed(settings.seed)
-    model = VxmDense(ndim, enc=settings.enc, dec=settings.dec, int_steps=settings.int_steps,
-                     int_downsize=settings.int_downsize, bidir=settings.bidir).to(device)
+    model = build_model(settings, ndim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     start, best = 0, -math.inf
     state_path = run_dir / "state.pt"
@@ -345,8 +357,8 @@ def train(
         if not state_path.exists():
             raise FileNotFoundError(f"train: --resume given but '{state_path}' does not exist")
         state = _load_state(state_path)
-        saved = VxmDense.from_checkpoint(state["model"], source=str(state_path))
-        if saved.config != model.config:
+        saved = SavableModel.from_checkpoint(state["model"], source=str(state_path))
+        if type(saved) is not type(model) or saved.config != model.config:
             raise ValueError(
                 f"train: cannot resume: the saved model config {saved.config} differs from the "
                 f"requested one {model.config}"

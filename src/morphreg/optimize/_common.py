@@ -1,0 +1,163 @@
+"""Private helpers shared by the optimisers: loss lookup, per-level settings, image pyramid, Adam.
+
+Pyramid convention (the same as :func:`morphreg.spatial.resize`): level grids are matched to the
+full-resolution grid at the corners (``align_corners=True``), so level voxel ``x_l`` along axis
+``k`` sits at full-resolution voxel ``x_l * (n_k - 1) / (m_k - 1)``. Fields resized with
+``spatial.resize`` and images built by :func:`downsample` therefore share one geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+from .._checks import check_choice, check_positive_int
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+MIN_LEVEL_SIZE = 16
+SIMILARITIES = ("mse", "ncc", "gncc", "mi")
+_TORCH_LINEAR = {2: "bilinear", 3: "trilinear"}
+
+
+def resolve_loss(fn: str, loss: str | LossFn) -> LossFn:
+    """A similarity ``(moved, fixed) -> scalar`` from a name of :func:`losses.similarity_loss`."""
+    if isinstance(loss, str):
+        check_choice(fn, "loss", loss, SIMILARITIES)
+        return losses.similarity_loss(loss)
+    if callable(loss):
+        return loss
+    raise TypeError(
+        f"{fn}: argument 'loss' must be a loss name ('mse', 'ncc', 'gncc', 'mi') or a callable "
+        f"(moved, fixed) -> scalar tensor, got {type(loss).__name__}"
+    )
+
+
+def per_level(fn: str, name: str, value: int | Sequence[int], levels: int) -> list[int]:
+    """One positive int per level (coarse to fine): an int is repeated, a sequence must fit."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        values = [value] * levels
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+        if len(values) != levels:
+            raise ValueError(
+                f"{fn}: argument '{name}' must be an int or have one entry per level "
+                f"(levels={levels}), got {len(values)} entries: {tuple(values)}"
+            )
+    else:
+        raise ValueError(f"{fn}: argument '{name}' must be an int or a sequence of ints, got {value!r}")
+    for v in values:
+        check_positive_int(fn, name, v, minimum=0)
+    return values
+
+
+def check_lr(fn: str, lr: float) -> float:
+    """Raise unless ``lr`` is a finite positive number."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"{fn}: argument 'lr' must be a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+def check_weight(fn: str, weight: float) -> float:
+    """Raise unless ``weight`` is a finite number >= 0."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{fn}: argument 'weight' must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
+def level_shapes(shape: Sequence[int], levels: int) -> list[list[int]]:
+    """Spatial shapes of a ``levels``-level pyramid, coarse to fine (last = ``shape``).
+
+    Level ``l`` (0 = full resolution) has ``round(n / 2**l)`` voxels per axis. Levels whose
+    smallest side would fall below ``MIN_LEVEL_SIZE`` (16) voxels are left out, so small images
+    simply use fewer levels.
+    """
+    shapes = []
+    for level in range(levels):
+        factor = 2**level
+        new = [max(1, round(int(s) / factor)) for s in shape]
+        if level > 0 and min(new) < MIN_LEVEL_SIZE:
+            break
+        shapes.append(new)
+    return shapes[::-1]
+
+
+def gaussian_blur(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, *spatial)`` with one sigma (voxels) per axis.
+
+    Borders are replicated; an axis with ``sigma <= 0`` is left alone.
+    """
+    ndim = image.dim() - 2
+    conv = getattr(F, f"conv{ndim}d")
+    channels = image.shape[1]
+    out = image
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        radius = max(1, math.ceil(3.0 * s))
+        radius = min(radius, image.shape[2 + axis] - 1)
+        if radius < 1:
+            continue
+        taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+        kernel = torch.exp(-0.5 * (taps / s) ** 2)
+        kernel = kernel / kernel.sum()
+        shape = [1] * ndim
+        shape[axis] = kernel.numel()
+        weight = kernel.view(1, 1, *shape).expand(channels, 1, *shape)
+        pad = [0] * (2 * ndim)
+        # F.pad lists the last axis first
+        pad[2 * (ndim - 1 - axis)] = radius
+        pad[2 * (ndim - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+    return out
+
+
+def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Anti-aliased resampling of ``(B, C, *spatial)`` to ``shape`` (corner-aligned grids).
+
+    Each axis shrunk by a factor ``f > 1`` is first blurred with a Gaussian of sigma ``f / 2``.
+    """
+    ndim = image.dim() - 2
+    old = list(image.shape[2:])
+    new = [int(s) for s in shape]
+    if new == old:
+        return image
+    factors = [(o - 1) / (n - 1) if n > 1 else float(o) for o, n in zip(old, new)]
+    blurred = gaussian_blur(image, [f / 2.0 if f > 1.0 else 0.0 for f in factors])
+    return F.interpolate(blurred, size=new, mode=_TORCH_LINEAR[ndim], align_corners=True)
+
+
+def level_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
+    """Full-resolution voxels per level voxel along each axis (corner-aligned grids)."""
+    return [(o - 1) / (n - 1) if n > 1 else 1.0 for o, n in zip(old, new)]
+
+
+def run_adam(
+    params: list[torch.Tensor] | list[dict],
+    objective: Callable[[], torch.Tensor],
+    iterations: int,
+    lr: float,
+    history: list[float],
+    final_lr_ratio: float = 0.1,
+) -> None:
+    """Minimise ``objective()`` with Adam, cosine-decaying every group's lr to ``final_lr_ratio``.
+
+    Appends the loss of every iteration to ``history`` (evaluated before the step).
+    """
+    if iterations == 0:
+        return
+    optimizer = torch.optim.Adam(params, lr=lr)
+    base = [group["lr"] for group in optimizer.param_groups]
+    for it in range(iterations):
+        ratio = final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * it / max(iterations - 1, 1)))
+        for group, lr0 in zip(optimizer.param_groups, base):
+            group["lr"] = lr0 * ratio
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective()
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
