@@ -18,6 +18,11 @@ from typing import Any
 from . import __version__
 
 
+NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to the 0.5/99.5th percentiles, then "
+                  "scale to [0, 1]; the default for training), minmax, or none; registration defaults to what the "
+                  "network was trained with")
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line."""
 
@@ -114,7 +119,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=_positive_int, default=100)
     p.add_argument("--checkpoint-every", type=_positive_int, default=100)
     p.add_argument("--augment", action="store_true", help="random intensity gamma augmentation")
-    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--enc", type=_positive_int, nargs="+", default=[16, 32, 32, 32], help="encoder widths")
     p.add_argument("--dec", type=_positive_int, nargs="+", default=[32, 32, 32, 32, 32, 16, 16],
                    help="decoder widths")
@@ -167,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
     p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
-    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = command("warp", "apply a displacement field to an image or label map")
@@ -184,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
     p.add_argument("--no-hd95", action="store_true")
-    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default="minmax")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -204,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 # commands (heavy imports inside)
 
 
-def _normalise_arg(value: str) -> str | None:
+def _normalise_arg(value: str | None, model: Any = None) -> str | None:
+    """The normalisation to apply: the flag, else the network's (legacy checkpoints: minmax)."""
+    if value is None:
+        if model is None:
+            return "percentile"
+        return getattr(model, "metadata", {}).get("normalise", "minmax")
     return None if value == "none" else value
 
 
@@ -239,6 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
         deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads, max_minutes=args.max_minutes,
+        normalise=_normalise_arg(args.normalise),
     )
     data = build_training_data(
         args.data, key=args.npz_key, segs=args.segs, seg_key=args.seg_key, atlas=args.atlas,
@@ -314,11 +325,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         return network_register_fn(model, device)
 
     deformable = network(args.model, "--model") if method == "network" else None
+    normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
     learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
     register = classical_register_fn(method, args, pair, deformable, learned_affine)
     if args.optimize:
         register = refine_register_fn(register, args)
-    result = register_pair(pair, register, normalise=_normalise_arg(args.normalise))
+    result = register_pair(pair, register, normalise=normalise)
     _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         import numpy as np
@@ -377,7 +389,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = _load_network(args.model, device)
     rows = read_pairs_csv(args.pairs)
-    normalise = _normalise_arg(args.normalise)
+    normalise = _normalise_arg(args.normalise, model)
 
     def pairs() -> Any:
         import torch

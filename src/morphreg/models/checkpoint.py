@@ -79,15 +79,22 @@ class SavableModel(nn.Module):
 
     Subclasses call ``self._store_config(...)`` with their (JSON-compatible) constructor
     arguments and are registered by class name, so :meth:`load` rebuilds the architecture.
+    ``metadata`` (plain data: training step, validation Dice, the intensity normalisation the
+    network was trained with) is saved alongside and restored on loading.
     """
 
     config: dict[str, Any]
+    metadata: dict[str, Any]
     registry_name: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.registry_name = cls.__name__
         _REGISTRY[cls.__name__] = cls
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metadata = {}
 
     def _store_config(self, **config: Any) -> None:
         self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
@@ -124,6 +131,8 @@ class SavableModel(nn.Module):
             model = model_cls(**config)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source} has an invalid {name} config: {err}") from None
+        metadata = ckpt.get("metadata")
+        model.metadata = dict(metadata) if isinstance(metadata, dict) else {}
         try:
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except (RuntimeError, KeyError) as err:

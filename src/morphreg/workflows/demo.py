@@ -56,8 +56,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
         raise ValueError("demo: need at least 2 held-out subjects; give more images")
     val_pairs = [(i, i + 1) for i in range(0, min(8, len(test) - 1))]
     pick = lambda arrays, idx: None if arrays is None else [arrays[i] for i in idx]  # noqa: E731
-    train_set = PairDataset(pick(images, split.train), pick(segs, split.train), seed=args.seed)
-    val_set = PairDataset(pick(images, test), pick(segs, test), "pairs", pairs=val_pairs)
+    train_set = PairDataset(pick(images, split.train), pick(segs, split.train), seed=args.seed, normalise="percentile")
+    val_set = PairDataset(pick(images, test), pick(segs, test), "pairs", pairs=val_pairs, normalise="percentile")
     steps = args.steps or DEMO_STEPS
     settings = TrainSettings(loss="ncc", weight=1.0, steps=steps, lr=1e-3, lr_schedule="cosine",
                              seed=args.seed, device="cpu", val_every=max(steps // 5, 1),
@@ -71,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
 
     model = VxmDense.load(out / "run" / "model.pt")
     test_set = PairDataset(pick(images, test), pick(segs, test), "pairs",
-                           pairs=[(i, i + 1) for i in range(n_test_pairs)])
+                           pairs=[(i, i + 1) for i in range(n_test_pairs)], normalise="percentile")
 
     def pairs():
         for k in range(len(test_set)):

@@ -120,6 +120,7 @@ def network_register_fn(model: torch.nn.Module, device: torch.device) -> Registe
         with torch.inference_mode():
             return model(moving.to(device), fixed.to(device)).disp
 
+    run.model = model  # type: ignore[attr-defined]
     return run
 
 

@@ -52,7 +52,8 @@ class TrainSettings:
     ``weight`` is λ, the smoothness weight; ``None`` takes the paper's value for the loss
     (0.01 for MSE, 1 for NCC). ``batch_size`` is per process (global = batch_size × ranks).
     ``max_minutes`` ends training early (validated and checkpointed, resumable) once this much
-    wall time has passed in this invocation.
+    wall time has passed in this invocation. ``normalise`` records the intensity normalisation
+    applied to the training images (saved with the model, so registration applies the same).
     """
 
     model: str = "vxm"
@@ -78,6 +79,7 @@ class TrainSettings:
     amp: bool = True
     threads: int | None = None
     max_minutes: float | None = None
+    normalise: str | None = "percentile"
 
     def __post_init__(self) -> None:
         fn = "TrainSettings"
@@ -392,6 +394,7 @@ def train(
     t0 = time.perf_counter()
     model.train()
     budget = math.inf if settings.max_minutes is None else 60.0 * settings.max_minutes
+    meta = {"normalise": settings.normalise, "loss": settings.loss, "weight": settings.weight}
     end = settings.steps
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
@@ -431,21 +434,21 @@ def train(
                 if score > best:
                     best = score
                     if info.is_main:
-                        model.save(run_dir / "model.pt", metadata={"step": done, "val_dice": val_dice,
+                        model.save(run_dir / "model.pt", metadata={**meta, "step": done, "val_dice": val_dice,
                                                                   "val_loss": val_loss})
                 logger.info("step %d val_dice %.4f val_loss %.4f", done, val_dice, val_loss)
             logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g", done, *mean)
             log.write(row)
         if is_ckpt and info.is_main:
             _save_state(state_path, model, optimizer, done, best, settings)
-            model.save(run_dir / "last.pt", metadata={"step": done})
+            model.save(run_dir / "last.pt", metadata={**meta, "step": done})
         if is_last:
             if end < settings.steps:
                 logger.info("stopped at step %d: max_minutes=%s reached", done, settings.max_minutes)
             break
     bar.close()
     if info.is_main and (val_set is None or not (run_dir / "model.pt").exists()):
-        model.save(run_dir / "model.pt", metadata={"step": end})
+        model.save(run_dir / "model.pt", metadata={**meta, "step": end})
     dist_utils.barrier(info)
     best_dice = best if val_set is not None and val_set.segs is not None else float("nan")
     return TrainResult(run_dir, max(start, end), best_dice, last_loss)
