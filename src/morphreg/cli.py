@@ -17,7 +17,6 @@ from typing import Any
 
 from . import __version__
 
-
 NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to the 0.5/99.5th percentiles, then "
                   "scale to [0, 1]; the default for training), minmax, or none; registration defaults to what the "
                   "network was trained with")
