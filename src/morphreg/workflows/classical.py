@@ -58,7 +58,8 @@ def classical_register_fn(
         holder.run = affine_step(method, loss, pair, holder)
         return holder
     if method == "dense":
-        holder.run = lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight).disp
+        # a stationary velocity field: same Dice as a displacement on OASIS 2D, without folding
+        holder.run = lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight, velocity=True).disp
         return holder
     if method == "ffd":
         holder.run = lambda m, f: optimize.register_ffd(m, f, loss=loss, weight=weight).disp
