@@ -379,38 +379,15 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import io
-    from .data import read_pairs_csv
-    from .workflows.evaluate import EvalPair, evaluate_pairs, timed
-    from .workflows.register import load_pair, network_register_fn
+    from .workflows.evaluate import evaluate_pairs, pairs_from_csv, timed
+    from .workflows.register import network_register_fn
     from .workflows.train import resolve_device
 
     device = resolve_device(args.device)
     model = _load_network(args.model, device)
-    rows = read_pairs_csv(args.pairs)
-    normalise = _normalise_arg(args.normalise, model)
-
-    def pairs() -> Any:
-        import torch
-
-        from .data import normalise_intensity
-
-        for i, row in enumerate(rows):
-            pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"))
-            if pair.fixed.ndim != model.ndim:
-                raise UserError(f"--pairs row {i + 2}: images are {pair.fixed.ndim}D but the model is {model.ndim}D")
-
-            def tensor(vol: io.Volume) -> torch.Tensor:
-                data = vol.data.astype("float32")
-                return torch.from_numpy(normalise_intensity(data, normalise) if normalise else data)[None, None]
-
-            segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
-            yield EvalPair(f"{i:04d}", tensor(pair.moving), tensor(pair.fixed), *segs,
-                           moving_name=str(row["moving"]), fixed_name=str(row["fixed"]))
-
-    spacing = None
-    summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs(), args.out, figures=args.figures,
-                             with_hd95=not args.no_hd95, spacing=spacing, progress=not args.no_progress)
+    pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
+    summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
+                             with_hd95=not args.no_hd95, progress=not args.no_progress)
     _print_summary(summary)
     print(f"report: {Path(args.out) / 'summary.json'}")
     return 0

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics, spatial
-from .register import RegisterFn
+from .. import io, metrics, spatial
+from ..data import read_pairs_csv
+from .register import RegisterFn, load_pair, network_input
 
 PAIR_COLUMNS = ("pair", "moving", "fixed", "dice_before", "dice_after", "hd95_before", "hd95_after",
                 "folding_pct", "sdlogj", "seconds")
@@ -37,6 +38,31 @@ class EvalPair:
     fixed_seg: torch.Tensor | None = None
     moving_name: str = ""
     fixed_name: str = ""
+    spacing: Sequence[float] | None = None
+
+
+def pairs_from_csv(
+    csv_path: str | os.PathLike[str], normalise: str | None, ndim: int | None = None
+) -> Iterator[EvalPair]:
+    """Read the pairs of a CSV (``moving,fixed[,moving_seg,fixed_seg]``) lazily, on the fixed grids.
+
+    Images are normalised as for the network; labels stay integer; ``spacing`` comes from the
+    fixed image's affine (so HD95 is in mm). ``ndim`` (if given) is checked for every pair.
+    """
+    rows = read_pairs_csv(csv_path)  # checked now, before any output is written
+    return _load_rows(csv_path, rows, normalise, ndim)
+
+
+def _load_rows(csv_path: str | os.PathLike[str], rows: list, normalise: str | None, ndim: int | None
+               ) -> Iterator[EvalPair]:
+    for i, row in enumerate(rows):
+        pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"))
+        if ndim is not None and pair.fixed.ndim != ndim:
+            raise ValueError(f"pairs file '{csv_path}' line {i + 2}: images are {pair.fixed.ndim}D, expected {ndim}D")
+        segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
+        yield EvalPair(f"{i:04d}", network_input(pair.moving, normalise), network_input(pair.fixed, normalise),
+                       *segs, moving_name=str(row["moving"]), fixed_name=str(row["fixed"]),
+                       spacing=tuple(float(v) for v in pair.fixed.spacing))
 
 
 def _nan_stats(values: Sequence[float]) -> dict[str, float]:
@@ -79,7 +105,7 @@ def evaluate_pairs(
         out_dir: report folder (created).
         labels: label values to score (default: all non-zero labels of each pair).
         label_names: names for ``structures.csv`` and the box plot.
-        spacing: voxel size for HD95 (mm); default 1.
+        spacing: voxel size for HD95 (mm) when a pair does not give its own; default 1.
         figures: how many pairs get figures.
         with_hd95: HD95 is the slowest metric; switch it off for quick runs.
         method: name used in the summary.
@@ -94,7 +120,7 @@ def evaluate_pairs(
     pair_rows: list[dict[str, Any]] = []
     structure_rows: list[dict[str, Any]] = []
     per_structure: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
-    for index, pair in enumerate(tqdm(list(pairs), desc="evaluate", disable=not progress)):
+    for index, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):
         disp = register(pair.moving, pair.fixed).detach().float().cpu()
         seconds = getattr(register, "last_seconds", math.nan)
         row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
@@ -110,7 +136,7 @@ def evaluate_pairs(
             row["dice_after"] = float(after.mean[0])
             if with_hd95:
                 for key, seg in (("hd95_before", pair.moving_seg), ("hd95_after", moved_seg)):
-                    row[key] = float(metrics.hd95(seg, pair.fixed_seg, before.labels, spacing).mean[0])
+                    row[key] = float(metrics.hd95(seg, pair.fixed_seg, before.labels, pair.spacing or spacing).mean[0])
             for j, label in enumerate(before.labels.tolist()):
                 name = (label_names or {}).get(label, str(label))
                 b, a = float(before.per_label[0, j]), float(after.per_label[0, j])

@@ -124,6 +124,14 @@ def network_register_fn(model: torch.nn.Module, device: torch.device) -> Registe
     return run
 
 
+def network_input(volume: io.Volume, normalise: str | None) -> torch.Tensor:
+    """``(1, 1, *spatial)`` float32 tensor of a volume, intensity-normalised as for training."""
+    data = volume.data.astype(np.float32)
+    if normalise is not None:
+        data = normalise_intensity(data, normalise)
+    return torch.from_numpy(np.ascontiguousarray(data))[None, None]
+
+
 def register_pair(
     pair: PairOnGrid, register: RegisterFn, *, normalise: str | None = "minmax"
 ) -> RegisteredPair:
@@ -134,13 +142,7 @@ def register_pair(
         register: ``(moving, fixed) -> disp`` on ``(1, 1, *spatial)`` float tensors.
         normalise: intensity normalisation of the network inputs (as in training).
     """
-    def prepared(volume: io.Volume) -> torch.Tensor:
-        data = volume.data.astype(np.float32)
-        if normalise is not None:
-            data = normalise_intensity(data, normalise)
-        return torch.from_numpy(np.ascontiguousarray(data))[None, None]
-
-    moving, fixed = prepared(pair.moving), prepared(pair.fixed)
+    moving, fixed = network_input(pair.moving, normalise), network_input(pair.fixed, normalise)
     start = time.perf_counter()
     disp = register(moving, fixed).detach().float().cpu()
     seconds = time.perf_counter() - start
