@@ -240,3 +240,23 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(corpus, tm
     loss_two = [float(r.split(",")[1]) for r in (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()[1:]]
     assert np.allclose(loss_one, loss_two, rtol=1e-4, atol=1e-6)
     assert not (tmp_path / "ddp" / "train.log.1").exists()
+
+
+def test_batch_evaluation_splits_pairs_across_ranks(corpus, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    lines = ["moving,fixed,moving_seg,fixed_seg"]
+    for i in range(5):
+        lines.append(f"{corpus}/img/s{i}.nii.gz,{corpus}/img/s{i + 1}.nii.gz,{corpus}/seg/s{i}.nii.gz,"
+                     f"{corpus}/seg/s{i + 1}.nii.gz")
+    pairs.write_text("\n".join(lines) + "\n")
+    common = ["evaluate", "--model", str(corpus / "run"), "--pairs", str(pairs), "--figures", "0", "--no-hd95",
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "morphreg.cli", *common, "--out", str(tmp_path / "two")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drop_time = lambda path: [r.rsplit(",", 1)[0] for r in path.read_text().splitlines()]  # noqa: E731
+    one, two = drop_time(tmp_path / "one" / "pairs.csv"), drop_time(tmp_path / "two" / "pairs.csv")
+    assert len(one) == 6 and one == two

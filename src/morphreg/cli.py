@@ -379,17 +379,24 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .workflows.distributed import init_from_env
     from .workflows.evaluate import evaluate_pairs, pairs_from_csv, timed
     from .workflows.register import network_register_fn
     from .workflows.train import resolve_device
 
     device = resolve_device(args.device)
+    info = init_from_env(device)  # under torchrun the ranks share the pairs
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
     model = _load_network(args.model, device)
     pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
     summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
                              with_hd95=not args.no_hd95, progress=not args.no_progress)
-    _print_summary(summary)
-    print(f"report: {Path(args.out) / 'summary.json'}")
+    if info.is_main:
+        _print_summary(summary)
+        print(f"report: {Path(args.out) / 'summary.json'}")
     return 0
 
 

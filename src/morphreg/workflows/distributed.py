@@ -42,6 +42,22 @@ def init_from_env(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def current() -> DistInfo:
+    """This process's place in an already initialised process group (single process if none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_gather_objects(items: list, info: DistInfo) -> list:
+    """Concatenate per-rank lists of picklable rows on every rank (rank order)."""
+    if not info.enabled:
+        return list(items)
+    gathered: list[list | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in (part or [])]
+
+
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of ``value`` over ranks (identity for one process)."""
     if not info.enabled:
@@ -53,11 +69,7 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def all_gather_floats(values: list[float], info: DistInfo) -> list[float]:
     """Concatenate per-rank lists of floats on every rank (rank order)."""
-    if not info.enabled:
-        return list(values)
-    gathered: list[list[float] | None] = [None] * info.world_size
-    dist.all_gather_object(gathered, list(values))
-    return [v for part in gathered for v in (part or [])]
+    return [float(v) for v in all_gather_objects(list(values), info)]
 
 
 def barrier(info: DistInfo) -> None:

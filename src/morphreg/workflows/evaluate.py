@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import io, metrics, spatial
 from ..data import read_pairs_csv
+from . import distributed as dist_utils
 from .register import RegisterFn, load_pair, network_input
 
 PAIR_COLUMNS = ("pair", "moving", "fixed", "dice_before", "dice_after", "hd95_before", "hd95_after",
@@ -111,16 +112,20 @@ def evaluate_pairs(
         method: name used in the summary.
 
     Returns:
-        The summary dictionary also written to ``summary.json``.
+        The summary dictionary also written to ``summary.json``. Under ``torchrun`` (an
+        initialised process group) the ranks register every ``world_size``-th pair each, the
+        rows are gathered, and rank 0 alone writes the reports.
     """
     from .. import viz  # figures only when evaluating
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    info = dist_utils.current()
     pair_rows: list[dict[str, Any]] = []
     structure_rows: list[dict[str, Any]] = []
-    per_structure: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
-    for index, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not progress)):
+    for index, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not (progress and info.is_main))):
+        if index % info.world_size != info.rank:  # under torchrun, ranks take turns
+            continue
         disp = register(pair.moving, pair.fixed).detach().float().cpu()
         seconds = getattr(register, "last_seconds", math.nan)
         row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
@@ -142,9 +147,6 @@ def evaluate_pairs(
                 b, a = float(before.per_label[0, j]), float(after.per_label[0, j])
                 structure_rows.append({"pair": pair.name, "label": label, "structure": name,
                                        "dice_before": b, "dice_after": a})
-                if math.isfinite(a):
-                    per_structure["after"].setdefault(name, []).append(a)
-                    per_structure["before"].setdefault(name, []).append(b)
         pair_rows.append(row)
         if index < figures:
             stem = out / "figures" / f"pair{index:03d}"
@@ -156,12 +158,21 @@ def evaluate_pairs(
             viz.plot_registration(*as_np, f"{stem}_registration.png", title=pair.name, **segs)
             viz.plot_overview(*as_np, disp[0].numpy(), f"{stem}_overview.png")
             viz.plot_jacobian(disp[0].numpy(), f"{stem}_jacobian.png")
-    _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
-    _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
+    pair_rows = sorted(dist_utils.all_gather_objects(pair_rows, info), key=lambda r: r["pair"])
+    structure_rows = sorted(dist_utils.all_gather_objects(structure_rows, info), key=lambda r: (r["pair"], r["label"]))
+    per_structure: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    for srow in structure_rows:
+        if math.isfinite(srow["dice_after"]):
+            per_structure["after"].setdefault(srow["structure"], []).append(srow["dice_after"])
+            per_structure["before"].setdefault(srow["structure"], []).append(srow["dice_before"])
     summary: dict[str, Any] = {"method": method, "n_pairs": len(pair_rows)}
     for key in PAIR_COLUMNS[3:]:
         summary[key] = _nan_stats([r.get(key, math.nan) for r in pair_rows])
     summary["per_structure_dice_after"] = {k: _nan_stats(v)["mean"] for k, v in per_structure["after"].items()}
+    if not info.is_main:
+        return summary
+    _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
+    _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
     tmp = out / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
