@@ -168,3 +168,15 @@ def test_modules_agree_with_functions():
 def test_loss_errors_name_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_grad_loss_does_not_scale_with_resolution():
+    """MONAI #3485: the same physical deformation must cost the same at any resolution."""
+    def field(n):
+        x = torch.linspace(0, 1, n)
+        grid = torch.stack(torch.meshgrid(x, x, indexing="ij"))
+        physical = torch.stack([torch.sin(2 * torch.pi * grid[1]), torch.cos(2 * torch.pi * grid[0])])
+        return (0.05 * physical * (n - 1))[None]  # 5 % of the extent, in voxels of this grid
+
+    coarse, fine = losses.grad_loss(field(64)).item(), losses.grad_loss(field(128)).item()
+    assert coarse == pytest.approx(fine, rel=0.02)
