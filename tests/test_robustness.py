@@ -33,8 +33,11 @@ def _nii(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Good files, a trained tiny model, and the bad inputs."""
-    d = tmp_path_factory.mktemp("corpus")
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def build_corpus(d: Path) -> Path:
+    """Good files, a trained tiny model, and the bad inputs, in folder ``d``."""
     images, labels = synthetic_shapes(8, SHAPE, n_labels=3, seed=2)
     (d / "img").mkdir()
     (d / "seg").mkdir()
@@ -144,7 +147,7 @@ BAD_INPUTS = [
                                          str(d / "out" / "r")], r"does not exist|no image|empty"),
     ("output under a file", lambda d: ["register", "--model", str(d / "run"), "--moving", str(d / "img/s0.nii.gz"),
                                        "--fixed", str(d / "img/s1.nii.gz"), "--moved",
-                                       str(d / "img/s2.nii.gz" / "moved.nii.gz")], r"directory|exists|Not a"),
+                                       str(d / "img/s2.nii.gz" / "moved.nii.gz")], r"is a file, not a folder"),
 ]
 
 

@@ -281,6 +281,24 @@ def _write_split(out: Path, train_names: Sequence[str], val_names: Sequence[str]
     (out / "split.json").write_text(json.dumps({"train": list(train_names), "val": list(val_names)}, indent=1))
 
 
+def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
+    """Fail before any work when an output cannot be written (a parent path is a file, ...)."""
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise UserError(f"{flag}: '{path}' is a folder; give a file name such as {path / 'out.nii.gz'}")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UserError(f"{flag}: cannot write '{path}': '{parent}' is a file, not a folder")
+                if not os.access(parent, os.W_OK):
+                    raise UserError(f"{flag}: cannot write '{path}': folder '{parent}' is not writable")
+                break
+
+
 def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
     from . import io
 
@@ -309,6 +327,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix")
     device = resolve_device(args.device)
     pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
                      resample=not args.no_resample)
@@ -354,6 +373,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
     from . import io, spatial
 
+    _check_outputs(args, "--moved")
     warp = io.load_warp(args.warp)
     moving = io.load_volume(args.moving, key=args.npz_key)
     ndim = warp.disp.shape[0]

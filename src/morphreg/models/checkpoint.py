@@ -136,7 +136,8 @@ class SavableModel(nn.Module):
         try:
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except (RuntimeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0]
+            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+            first = next((line for line in lines[1:] if "mismatch" in line or "key" in line), lines[0])
             raise CheckpointError(
                 f"{source}: weights do not match the {name} architecture in its config ({first[:200]})"
             ) from None
