@@ -9,6 +9,7 @@ steps. A run directory holds::
     RUN_DIR/last.pt         the model after the last completed step
     RUN_DIR/metrics.csv     one row per logged step (loss parts, lr, validation)
     RUN_DIR/train.log       text log
+    RUN_DIR/tensorboard/    the same metrics for TensorBoard (only when tensorboard is installed)
 
 Every file is written atomically. The order of the samples depends only on the seed and the
 step, so ``resume`` continues exactly, and under ``torchrun`` each rank takes its share of the
@@ -252,8 +253,15 @@ class _MetricsLog:
     def __init__(self, path: Path, resume_step: int | None, enabled: bool) -> None:
         self.path = path
         self.enabled = enabled
+        self.tensorboard: Any = None
         if not enabled:
             return
+        try:  # TensorBoard too, when it is installed (optional)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir=str(path.parent / "tensorboard"), purge_step=resume_step)
+        except ImportError:
+            pass
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.exists():
             with open(path, newline="") as handle:
@@ -272,6 +280,15 @@ class _MetricsLog:
             csv.DictWriter(handle, METRIC_COLUMNS).writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
             )
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float) and math.isfinite(value):
+                    self.tensorboard.add_scalar(key, value, row["step"])
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def build_model(settings: TrainSettings, ndim: int) -> SavableModel:
@@ -447,6 +464,7 @@ def train(
                 logger.info("stopped at step %d: max_minutes=%s reached", done, settings.max_minutes)
             break
     bar.close()
+    log.close()
     if info.is_main and (val_set is None or not (run_dir / "model.pt").exists()):
         model.save(run_dir / "model.pt", metadata={**meta, "step": end})
     dist_utils.barrier(info)
