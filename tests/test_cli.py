@@ -225,3 +225,19 @@ def test_learned_affine_network_trains_and_prepends(dataset, trained, tmp_path):
                  "--moved", str(tmp_path / "b.nii.gz")]) == 0
     assert main(["register", "--method", "dense", "--affine-model", str(run), *base,
                  "--moved", str(tmp_path / "c.nii.gz")]) == 1
+
+
+def test_train_from_npz_stack_with_keys_and_seg_loss(tmp_path):
+    images, labels = synthetic_shapes(8, (32, 36), n_labels=3, seed=4)
+    np.savez(tmp_path / "stack.npz", subjects=np.array([f"sub{i}" for i in range(8)]), img=images, seg=labels)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "stack.npz"), "--npz-key", "img", "--segs",
+                 str(tmp_path / "stack.npz"), "--seg-key", "seg", "--seg-weight", "0.5", "--steps", "3",
+                 "--no-progress", "--out", str(run), *TINY]) == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert float(rows[-1]["seg"]) > 0.0  # the Dice term was computed
+    import json
+
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == [f"sub{i}" for i in range(8)]
+    assert not set(split["train"]) & set(split["val"])
