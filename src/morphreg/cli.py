@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: sized for ~5 min)")
     p.add_argument("--subjects", type=_positive_int, default=200, help="synthetic subjects")
     p.add_argument("--test-pairs", type=_positive_int, default=24)
+    p.add_argument("--max-minutes", type=_positive_float, default=6.0,
+                   help="training time budget (stops early on a slow or busy machine)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")

@@ -61,11 +61,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
     steps = args.steps or DEMO_STEPS
     settings = TrainSettings(loss="ncc", weight=1.0, steps=steps, lr=1e-3, lr_schedule="cosine",
                              seed=args.seed, device="cpu", val_every=max(steps // 5, 1),
-                             checkpoint_every=max(steps // 5, 1))
+                             checkpoint_every=max(steps // 5, 1), max_minutes=args.max_minutes)
     print(f"morphreg demo: {source}; training VxmDense (NCC, lambda=1) for {steps} steps "
+          f"(at most {args.max_minutes:g} min) "
           f"on {len(split.train)} subjects, testing on {n_test_pairs} held-out pairs")
     result = train(settings, train_set, val_set, out / "run", progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
+    if result.step < steps:
+        print(f"morphreg demo: the time budget ended training at step {result.step} of {steps}")
 
     from ..models import VxmDense
 
