@@ -241,3 +241,18 @@ def test_train_from_npz_stack_with_keys_and_seg_loss(tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert sorted(split["train"] + split["val"]) == [f"sub{i}" for i in range(8)]
     assert not set(split["train"]) & set(split["val"])
+
+
+def test_demo_runs_end_to_end_on_its_own_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--subjects", "20", "--test-pairs", "3", "--steps", "4",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice before | Dice after" in printed and "mean |" in printed
+    import json
+
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["n_pairs"] == 3 and 0 < summary["dice_before"]["mean"] < 1
+    for name in ("pair000_registration.png", "pair000_overview.png", "pair000_jacobian.png", "dice_per_structure.png"):
+        assert (out / "eval" / "figures" / name).stat().st_size > 1000
+    assert (out / "training_curves.png").is_file()
