@@ -11,7 +11,7 @@ from torch import nn
 from .. import spatial
 from .._checks import check_choice, check_image, check_positive_int
 from .checkpoint import SavableModel
-from .layers import UNet, conv_class, crop_to, pad_to_multiple
+from .layers import UNet, channels_last, conv_class, crop_to, pad_to_multiple
 
 
 class RegistrationOutput(NamedTuple):
@@ -94,6 +94,11 @@ class VxmDense(SavableModel):
         self.flow = conv_class(ndim)(self.unet.out_channels, ndim, 3, padding=1)
         nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.flow.bias)
+        # channels-last weights and activations: oneDNN's fast convolution layout on CPUs
+        # (1.2-1.4x faster inference, measured in benchmarks/bench_speed.py)
+        self.memory_format = channels_last(ndim)
+        self.unet.to(memory_format=self.memory_format)
+        self.flow.to(memory_format=self.memory_format)
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         fn = "VxmDense.forward"
@@ -113,7 +118,8 @@ class VxmDense(SavableModel):
     def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Raw network output: displacement or velocity ``(B, ndim, *padded)`` on the padded grid."""
         pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
-        return self.flow(self.unet(pair))
+        field = self.flow(self.unet(pair.contiguous(memory_format=self.memory_format)))
+        return field.contiguous()
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """Register ``moving`` to ``fixed``.
