@@ -238,9 +238,11 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(corpus, tm
     assert result.returncode == 0, result.stderr[-2000:]
     one, two = _weights(tmp_path / "single" / "last.pt"), _weights(tmp_path / "ddp" / "last.pt")
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"DDP check: max |weight difference| after {steps} steps = {worst:.3g}")
     assert worst < 1e-5, worst
     loss_one = [float(r.split(",")[1]) for r in (tmp_path / "single" / "metrics.csv").read_text().splitlines()[1:]]
     loss_two = [float(r.split(",")[1]) for r in (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()[1:]]
+    print(f"DDP check: losses 1 process {loss_one}, 2 processes {loss_two}")
     assert np.allclose(loss_one, loss_two, rtol=1e-4, atol=1e-6)
     assert not (tmp_path / "ddp" / "train.log.1").exists()
 
