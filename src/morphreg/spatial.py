@@ -32,8 +32,7 @@ from ._checks import (
 ALIGN_CORNERS = True
 INTERP_MODES = ("linear", "nearest")
 PADDING_MODES = ("zeros", "border", "reflection")
-# torch names linear interpolation after the dimension; morphreg always says "linear".
-_TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}  # torch names linear by ndim
 
 __all__ = [
     "ALIGN_CORNERS",
@@ -217,7 +216,7 @@ def resize(
         device=disp.device,
         dtype=disp.dtype,
     ).view(1, ndim, *([1] * ndim))
-    resampled = F.interpolate(disp, size=new, mode=_TORCH_LINEAR[ndim], align_corners=True)
+    resampled = F.interpolate(disp, size=new, mode=TORCH_LINEAR[ndim], align_corners=True)
     return resampled * factors
 
 

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 from .. import losses
 from .._checks import check_choice, check_positive_int
+from ..spatial import TORCH_LINEAR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MIN_LEVEL_SIZE = 16
 SIMILARITIES = ("mse", "ncc", "gncc", "mi")
-_TORCH_LINEAR = {2: "bilinear", 3: "trilinear"}
 
 
 def resolve_loss(fn: str, loss: str | LossFn) -> LossFn:
@@ -128,7 +128,7 @@ def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         return image
     factors = [(o - 1) / (n - 1) if n > 1 else float(o) for o, n in zip(old, new)]
     blurred = gaussian_blur(image, [f / 2.0 if f > 1.0 else 0.0 for f in factors])
-    return F.interpolate(blurred, size=new, mode=_TORCH_LINEAR[ndim], align_corners=True)
+    return F.interpolate(blurred, size=new, mode=TORCH_LINEAR[ndim], align_corners=True)
 
 
 def level_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
