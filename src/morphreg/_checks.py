@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 SUPPORTED_NDIMS = (2, 3)
@@ -22,6 +23,16 @@ def check_tensor(fn: str, name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{_where(fn, name)} must be a torch.Tensor, got {type(x).__name__}")
     return x
+
+
+def as_float64_tensor(fn: str, name: str, value: object, expected: str) -> torch.Tensor:
+    """A float64 CPU tensor from a tensor or array-like; ``TypeError`` naming ``expected`` otherwise."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64)
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise TypeError(f"{_where(fn, name)} must be {expected}, got {type(value).__name__}") from None
 
 
 def check_image(

@@ -26,12 +26,11 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import spatial
-from .._checks import check_batch, check_choice, check_image, check_positive_int, check_tensor
+from .._checks import as_float64_tensor, check_batch, check_choice, check_image, check_positive_int, check_tensor
 from ._common import (
     MIN_LEVEL_SIZE,
     LossFn,
@@ -105,16 +104,7 @@ def _as_affine(fn: str, name: str, affine: object, ndim: int) -> torch.Tensor | 
     """A voxel->world affine as ``(B', D + 1, D + 1)`` float64 (CPU), validated."""
     if affine is None:
         return None
-    if isinstance(affine, torch.Tensor):
-        value = affine.detach().to("cpu", torch.float64)
-    else:
-        try:
-            value = torch.as_tensor(np.asarray(affine, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{fn}: argument '{name}' must be a 4x4 (or (ndim+1)x(ndim+1)) array or tensor, "
-                f"got {type(affine).__name__}"
-            ) from None
+    value = as_float64_tensor(fn, name, affine, "a 4x4 (or (ndim+1)x(ndim+1)) array or tensor")
     if value.dim() == 2:
         value = value.unsqueeze(0)
     sizes = (ndim + 1,) if ndim == 3 else (3, 4)

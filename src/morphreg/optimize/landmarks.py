@@ -14,25 +14,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .._checks import check_field
+from .._checks import as_float64_tensor, check_field
 
 __all__ = ["tre", "fit_tps", "fit_affine", "ThinPlateSpline", "tps_kernel"]
 
 
 def _as_points(fn: str, name: str, points: object, ndim: int | None = None) -> torch.Tensor:
     """``(N, ndim)`` float64 CPU tensor with N >= 1, ndim in (2, 3), finite values."""
-    if isinstance(points, torch.Tensor):
-        value = points.detach().to("cpu", torch.float64)
-    else:
-        try:
-            value = torch.as_tensor(np.asarray(points, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{fn}: argument '{name}' must be an (N, ndim) array of point coordinates, got {type(points).__name__}"
-            ) from None
+    value = as_float64_tensor(fn, name, points, "an (N, ndim) array of point coordinates")
     if value.dim() != 2 or value.shape[1] not in (2, 3):
         if value.numel() == 0:
             raise ValueError(f"{fn}: argument '{name}' is empty; give at least one point")
