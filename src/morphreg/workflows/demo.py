@@ -24,7 +24,7 @@ from .register import network_register_fn
 from .train import TrainSettings, train
 
 DEMO_SHAPE = (96, 112)
-DEMO_STEPS = 1500
+DEMO_STEPS = 4000
 
 
 def _demo_data(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray] | None, str]:
