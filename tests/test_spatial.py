@@ -37,11 +37,8 @@ def test_zero_field_is_exact_identity(ndim):
     assert torch.equal(spatial.warp(labels, disp, mode="nearest"), labels)
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize(("ndim", "axis"), [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)])
 def test_integer_shift_moves_asymmetric_image_along_the_right_axis(ndim, axis):
-    if axis >= ndim:
-        pytest.skip("axis beyond ndim")
     shape = SHAPES[ndim]
     image = torch.arange(math.prod(shape), dtype=torch.float32).reshape(1, 1, *shape)
     disp = torch.zeros(1, ndim, *shape)
