@@ -365,6 +365,16 @@ def example_figure(results: dict[str, Result], names: list[str], path: Path, pai
         cbar.ax.tick_params(labelsize=6)
         cbar.set_label("det J", fontsize=7)
     fig.savefig(path, dpi=110)
+    _quantise_png(path)  # many panels: keep the committed PNG well under 1 MB
+
+
+def _quantise_png(path: Path) -> None:
+    """Re-save a PNG with a 256-colour palette (figures of images compress 2-3x)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    palette.save(path, optimize=True)
 
 
 def figure_3d(results3: dict[str, Result], path: Path) -> bool:
