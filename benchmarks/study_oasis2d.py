@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study_config as cfg  # noqa: E402
+from study_fields import FieldRecorder, FieldReplay  # noqa: E402
 
 
 def _threads_one() -> None:
@@ -66,18 +67,6 @@ def load_test_pairs(seg: str, normalise: str | None, limit: int | None = None) -
     return pairs
 
 
-class _Cached:
-    """A register function replaying fields (and their times) computed in the first pass."""
-
-    def __init__(self, disps: list[Any], seconds: list[float]) -> None:
-        self.disps, self.seconds, self.i = disps, seconds, 0
-        self.last_seconds = math.nan
-
-    def __call__(self, moving: Any, fixed: Any) -> Any:
-        disp = self.disps[self.i]
-        self.last_seconds = self.seconds[self.i]
-        self.i += 1
-        return disp
 
 
 def build_register_fn(m: cfg.Method) -> tuple[Any, dict[str, Any]]:
@@ -175,22 +164,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # seg24 pass: every pair registered (timed, while another job may run: see cmd_time) and
     # scored; the fields are kept for the seg4 pass.
-    disps: list[torch.Tensor] = []
-    seconds: list[float] = []
-
-    class Keep:
-        last_seconds = math.nan
-
-        def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-            disp = register(moving, fixed)
-            Keep.last_seconds = register.last_seconds
-            disps.append(disp.detach().float().cpu())
-            seconds.append(register.last_seconds)
-            return disp
+    recorder = FieldRecorder(register)
 
     t0 = time.perf_counter()
     evaluate_pairs(
-        Keep(),
+        recorder,
         pairs24,
         out / "seg24",
         labels=sorted(names24),
@@ -202,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info["wall_seconds_seg24_pass"] = time.perf_counter() - t0
     # seg4 pass on the same fields
     evaluate_pairs(
-        _Cached(disps, seconds),
+        FieldReplay(recorder),
         pairs4,
         out / "seg4",
         labels=sorted(names4),
@@ -215,7 +193,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checks = np.asarray(register.checks)
         info["ants_warp_corr_min"] = float(checks.min()) if checks.size else math.nan
         info["ants_warp_corr_mean"] = float(checks.mean()) if checks.size else math.nan
-    np.savez_compressed(out / "examples.npz", disp=np.stack([d[0].numpy() for d in disps[: cfg.EXAMPLE_PAIRS]]))
+    examples = [d[0].numpy() for d in recorder.disps[: cfg.EXAMPLE_PAIRS]]
+    np.savez_compressed(out / "examples.npz", disp=np.stack(examples))
     info["n_pairs"] = len(pairs24)
     info["threads"] = torch.get_num_threads()
     info["loadavg_after"] = os.getloadavg()

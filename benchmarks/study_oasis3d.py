@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import resource
 import sys
 import time
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study_config as cfg  # noqa: E402
+from study_fields import FieldRecorder, FieldReplay  # noqa: E402
 
 
 def _maxrss_mib() -> float:
@@ -91,15 +91,6 @@ def build(m: cfg.Method3D) -> tuple[Any, dict[str, Any]]:
     return timed(run), info
 
 
-class _Cached:
-    def __init__(self, disps: list[Any], seconds: list[float]) -> None:
-        self.disps, self.seconds, self.i = disps, seconds, 0
-        self.last_seconds = math.nan
-
-    def __call__(self, moving: Any, fixed: Any) -> Any:
-        self.last_seconds = self.seconds[self.i]
-        self.i += 1
-        return self.disps[self.i - 1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,25 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     names35 = cfg.read_label_names(cfg.data_dir() / "oasis3d_neurite" / "seg35_labels.txt")
     names4 = cfg.read_label_names(cfg.data_dir() / "oasis3d_neurite" / "seg4_labels.txt")
     register, info = build(m)
-    disps: list[torch.Tensor] = []
-    seconds: list[float] = []
-
-    class Keep:
-        last_seconds = math.nan
-
-        def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-            disp = register(moving, fixed)
-            Keep.last_seconds = register.last_seconds
-            disps.append(disp.detach().float().cpu())
-            seconds.append(register.last_seconds)
-            return disp
+    recorder = FieldRecorder(register)
 
     gc.collect()
     baseline = _maxrss_mib()
     t0 = time.perf_counter()
     # HD95 is left out in 3D (35 labels x 7 M voxels of distance transforms per direction)
     evaluate_pairs(
-        Keep(),
+        recorder,
         pairs35,
         out / "seg35",
         labels=sorted(names35),
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "high-water mark over registering and scoring both directions",
     }
     evaluate_pairs(
-        _Cached(disps, seconds),
+        FieldReplay(recorder),
         pairs4,
         out / "seg4",
         labels=sorted(names4),
@@ -176,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     from morphreg import spatial
 
     first = pairs35[0]
-    moved = spatial.warp(first.moving, disps[0])[0, 0].numpy()
-    det = spatial.jacobian_det(disps[0])[0].numpy()
+    moved = spatial.warp(first.moving, recorder.disps[0])[0, 0].numpy()
+    det = spatial.jacobian_det(recorder.disps[0])[0].numpy()
     slices = {}
     for k in range(3):
         centre = moved.shape[k] // 2

@@ -137,7 +137,7 @@ def test_resume_continues_to_the_same_weights(dataset, tmp_path):
         (["register", "--model", "{run}", "--moving", "{data}/img/missing.nii.gz", "--fixed",
           "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "does not exist"),
         (["register", "--model", "{tmp}", "--moving", "{data}/img/s00.nii.gz", "--fixed",
-          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "--model"),
+          "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "--model: checkpoint .*model.pt. does not exist"),
         (["register", "--model", "{run}", "--moving", "{tmp}/vol3d.nii.gz", "--fixed",
           "{data}/img/s01.nii.gz", "--moved", "{tmp}/m.nii.gz"], "3D but --fixed"),
         (["register", "--model", "{tmp}/plain.pt", "--moving", "{data}/img/s00.nii.gz", "--fixed",
@@ -147,7 +147,7 @@ def test_resume_continues_to_the_same_weights(dataset, tmp_path):
         (["train", "--data", "{data}/img", "--out", "{tmp}/r", "--seg-weight", "1"], "needs --segs"),
         (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "no image files|empty|no files"),
         (["warp", "--moving", "{data}/img/s00.nii.gz", "--warp", "{data}/img/s01.nii.gz",
-          "--moved", "{tmp}/m.nii.gz"], "warp"),
+          "--moved", "{tmp}/m.nii.gz"], "does not state its units"),
     ],
 )
 def test_bad_input_gives_one_clear_line(argv, message, dataset, trained, tmp_path, capsys):

@@ -22,7 +22,13 @@ class TrainingData:
     n_labels: int | None
 
 
-def _load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np.ndarray] | None:
+def subset(arrays: list[np.ndarray] | None, indices: list[int]) -> list[np.ndarray] | None:
+    """``arrays[i] for i in indices`` (``None`` stays ``None``)."""
+    return None if arrays is None else [arrays[i] for i in indices]
+
+
+def load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np.ndarray] | None:
+    """Label maps matching ``n`` images (integer arrays), or ``None`` without ``segs``."""
     if segs is None:
         return None
     arrays, _ = load_collection(segs, key=seg_key)
@@ -62,9 +68,8 @@ def build_training_data(
     if pairs_csv is not None:
         return _from_pairs_csv(pairs_csv, key, seg_key, val_fraction, seed, normalise, augment)
     images, names = load_collection(data, key=key)
-    seg_arrays = _load_optional_segs(segs, seg_key, len(images))
+    seg_arrays = load_optional_segs(segs, seg_key, len(images))
     split = split_subjects(len(images), val_fraction=val_fraction, seed=seed)
-    pick = lambda arrays, idx: None if arrays is None else [arrays[i] for i in idx]  # noqa: E731
     n_labels = None if seg_arrays is None else int(max(int(s.max()) for s in seg_arrays)) + 1
     atlas_img = atlas_lab = None
     if atlas is not None:
@@ -75,11 +80,11 @@ def build_training_data(
             raise ValueError("--atlas with --segs needs --atlas-seg (the atlas label map)")
     pairing = "atlas" if atlas is not None else "random"
     extra = {"atlas": atlas_img, "atlas_seg": atlas_lab} if atlas is not None else {}
-    train = PairDataset(pick(images, split.train), pick(seg_arrays, split.train), pairing, seed=seed,
+    train = PairDataset(subset(images, split.train), subset(seg_arrays, split.train), pairing, seed=seed,
                         augment=augment, normalise=normalise, **extra)
     val = None
     if len(split.val) >= 2 or (atlas is not None and split.val):
-        val_images, val_segs = pick(images, split.val), pick(seg_arrays, split.val)
+        val_images, val_segs = subset(images, split.val), subset(seg_arrays, split.val)
         if atlas is not None:
             val = PairDataset(val_images[:val_pairs], None if val_segs is None else val_segs[:val_pairs],
                               "atlas", normalise=normalise, **extra)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data import PairDataset, load_collection, split_subjects, synthetic_shapes
+from .datasets import load_optional_segs, subset
 from .evaluate import EvalPair, evaluate_pairs, timed
 from .register import network_register_fn
 from .train import TrainSettings, train
@@ -32,12 +33,7 @@ def _demo_data(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndar
         images, labels = synthetic_shapes(args.subjects, DEMO_SHAPE, n_labels=8, seed=args.seed)
         return list(images), list(labels), f"{args.subjects} synthetic subjects {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]}"
     images, _ = load_collection(args.data, key=args.npz_key)
-    segs = None
-    if args.segs is not None:
-        segs, _ = load_collection(args.segs, key=args.seg_key)
-        if len(segs) != len(images):
-            raise ValueError(f"--segs holds {len(segs)} label maps but --data holds {len(images)} images")
-        segs = [s.astype(np.int32) for s in segs]
+    segs = load_optional_segs(args.segs, args.seg_key, len(images))
     return images, segs, f"{len(images)} images from {args.data}"
 
 
@@ -55,9 +51,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
     if n_test_pairs < 1:
         raise ValueError("demo: need at least 2 held-out subjects; give more images")
     val_pairs = [(i, i + 1) for i in range(0, min(8, len(test) - 1))]
-    pick = lambda arrays, idx: None if arrays is None else [arrays[i] for i in idx]  # noqa: E731
-    train_set = PairDataset(pick(images, split.train), pick(segs, split.train), seed=args.seed, normalise="percentile")
-    val_set = PairDataset(pick(images, test), pick(segs, test), "pairs", pairs=val_pairs, normalise="percentile")
+    train_set = PairDataset(subset(images, split.train), subset(segs, split.train), seed=args.seed,
+                            normalise="percentile")
+    val_set = PairDataset(subset(images, test), subset(segs, test), "pairs", pairs=val_pairs, normalise="percentile")
     steps = args.steps or DEMO_STEPS
     settings = TrainSettings(loss="ncc", weight=1.0, steps=steps, lr=1e-3, lr_schedule="cosine",
                              seed=args.seed, device="cpu", val_every=max(steps // 5, 1),
@@ -73,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
     from ..models import VxmDense
 
     model = VxmDense.load(out / "run" / "model.pt")
-    test_set = PairDataset(pick(images, test), pick(segs, test), "pairs",
+    test_set = PairDataset(subset(images, test), subset(segs, test), "pairs",
                            pairs=[(i, i + 1) for i in range(n_test_pairs)], normalise="percentile")
 
     def pairs():

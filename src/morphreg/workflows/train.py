@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -471,8 +470,3 @@ def train(
     best_dice = best if val_set is not None and val_set.segs is not None else float("nan")
     return TrainResult(run_dir, max(start, end), best_dice, last_loss)
 
-
-def iterate_pairs(dataset: PairDataset) -> Iterator[dict[str, torch.Tensor]]:
-    """Items of ``dataset`` in order (helper for evaluation loops)."""
-    for index in range(len(dataset)):
-        yield dataset[index]
