@@ -15,8 +15,13 @@ OASIS2D = DATA_DIR / "oasis2d_neurite" / "oasis2d.npz"
 
 @pytest.fixture(autouse=True)
 def _single_thread_and_seed():
+    """Every test runs on one intra-op thread (timings and results do not depend on the machine's
+    cores, and parallel test runs do not oversubscribe it) from torch's seed 0."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

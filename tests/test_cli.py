@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -45,7 +48,9 @@ def test_train_writes_a_complete_run(trained):
         assert (trained / name).is_file(), name
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [3, 6]
-    assert all(r["val_dice"] for r in rows)
+    # a real Dice at every validation (the string "nan" would be truthy)
+    val_dice = [float(r["val_dice"]) for r in rows]
+    assert all(math.isfinite(d) and 0.0 < d <= 1.0 for d in val_dice), val_dice
     assert not list(trained.glob("*.tmp")) and not list(trained.glob(".*tmp"))
 
 
@@ -97,7 +102,25 @@ def test_register_mm_warp_and_resampled_moving(dataset, trained, tmp_path, capsy
     assert voxel.shape == (2, 40, 36)
 
 
+def _dice_oracle(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the non-zero labels present in either map, by plain numpy."""
+    labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
+    return float(np.mean([2.0 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k)) for k in labels]))
+
+
+def _seg(path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj).astype(np.int64)
+
+
 def test_evaluate_writes_reports(dataset, trained, tmp_path, capsys):
+    # the trained run after 6 steps is nearly the identity; a flow head that deforms makes Dice
+    # after registration differ from Dice before, so the two cannot be confused
+    checkpoint = torch.load(trained / "model.pt", weights_only=True)
+    weight = checkpoint["state_dict"]["flow.weight"]
+    checkpoint["state_dict"]["flow.weight"] = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+    checkpoint["state_dict"]["flow.bias"] = torch.tensor([3.0, -2.0])  # plus a shift of (3, -2) voxels
+    torch.save(checkpoint, tmp_path / "deforming.pt")
+    trained = tmp_path / "deforming.pt"
     pairs = tmp_path / "pairs.csv"
     with open(pairs, "w") as handle:
         handle.write("moving,fixed,moving_seg,fixed_seg\n")
@@ -109,9 +132,20 @@ def test_evaluate_writes_reports(dataset, trained, tmp_path, capsys):
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "rep" / "pairs.csv")))
     assert len(rows) == 3
-    for row in rows:
-        assert 0.0 < float(row["dice_before"]) < 1.0 and 0.0 < float(row["dice_after"]) < 1.0
+    for i, row in enumerate(rows):
+        # the reported Dice, recomputed by numpy: before from the label files, after from the moved
+        # labels that `morphreg register` writes for the same pair with the same model
+        moving_seg, fixed_seg = dataset / "seg" / f"s0{i}.nii.gz", dataset / "seg" / f"s0{i + 1}.nii.gz"
+        assert float(row["dice_before"]) == pytest.approx(_dice_oracle(_seg(moving_seg), _seg(fixed_seg)), abs=1e-6)
+        assert main(["register", "--model", str(trained), "--moving", str(dataset / "img" / f"s0{i}.nii.gz"),
+                     "--fixed", str(dataset / "img" / f"s0{i + 1}.nii.gz"), "--moving-seg", str(moving_seg),
+                     "--moved", str(tmp_path / "moved.nii.gz"), "--moved-seg", str(tmp_path / "moved_seg.nii.gz")]) == 0
+        after = _dice_oracle(_seg(tmp_path / "moved_seg.nii.gz"), _seg(fixed_seg))
+        assert float(row["dice_after"]) == pytest.approx(after, abs=1e-6)
+        assert abs(float(row["dice_after"]) - float(row["dice_before"])) > 1e-3
         assert float(row["folding_pct"]) >= 0.0 and float(row["seconds"]) > 0.0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["dice_after"]["mean"] == pytest.approx(np.mean([float(r["dice_after"]) for r in rows]), abs=1e-6)
     assert (tmp_path / "rep" / "summary.json").is_file()
     assert (tmp_path / "rep" / "figures" / "pair000_registration.png").is_file()
     assert (tmp_path / "rep" / "figures" / "dice_per_structure.png").is_file()
@@ -236,23 +270,58 @@ def test_train_from_npz_stack_with_keys_and_seg_loss(tmp_path):
                  "--no-progress", "--out", str(run), *TINY]) == 0
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert float(rows[-1]["seg"]) > 0.0  # the Dice term was computed
-    import json
-
     split = json.loads((run / "split.json").read_text())
     assert sorted(split["train"] + split["val"]) == [f"sub{i}" for i in range(8)]
     assert not set(split["train"]) & set(split["val"])
 
 
-def test_demo_runs_end_to_end_on_its_own_data(tmp_path, capsys):
+def test_demo_runs_end_to_end_on_its_own_data(tmp_path, capsys, monkeypatch):
+    from morphreg.workflows import demo
+
+    seen = {}
+
+    def recording_train(settings, train_set, val_set, *args, **kwargs):
+        seen["train"], seen["val"] = train_set, val_set
+        return train(settings, train_set, val_set, *args, **kwargs)
+
+    def recording_evaluate(register, pairs, *args, **kwargs):
+        seen["test"] = list(pairs)
+        return evaluate_pairs(register, iter(seen["test"]), *args, **kwargs)
+
+    train, evaluate_pairs = demo.train, demo.evaluate_pairs
+    monkeypatch.setattr(demo, "train", recording_train)
+    monkeypatch.setattr(demo, "evaluate_pairs", recording_evaluate)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--subjects", "20", "--test-pairs", "3", "--steps", "4",
+    assert main(["demo", "--out", str(out), "--subjects", "30", "--test-pairs", "3", "--steps", "4",
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "Dice before | Dice after" in printed and "mean |" in printed
-    import json
-
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["n_pairs"] == 3 and 0 < summary["dice_before"]["mean"] < 1
+    assert summary["n_pairs"] == 3
     for name in ("pair000_registration.png", "pair000_overview.png", "pair000_jacobian.png", "dice_per_structure.png"):
         assert (out / "eval" / "figures" / name).stat().st_size > 1000
     assert (out / "training_curves.png").is_file()
+
+    # the checkpoint is chosen on data disjoint from the reported test pairs (and from training),
+    # checked on the label maps the demo actually handed to training and to evaluation
+    def fingerprints(maps):
+        return {hashlib.sha1(np.asarray(m).astype(np.int64).tobytes()).hexdigest()[:12] for m in maps}
+
+    test_maps = fingerprints(s[0, 0].numpy() for p in seen["test"] for s in (p.moving_seg, p.fixed_seg))
+    val_maps = fingerprints(seen["val"].segs)
+    assert len(test_maps) == 4 and len(val_maps) >= 2  # 3 consecutive pairs; at least one validation pair
+    assert not test_maps & val_maps
+    assert not test_maps & fingerprints(seen["train"].segs)
+    assert not val_maps & fingerprints(seen["train"].segs)
+    subjects = summary["subjects"]
+    assert not set(subjects["test"]) & set(subjects["validation"])
+    assert not set(subjects["train"]) & (set(subjects["test"]) | set(subjects["validation"]))
+
+    # the reported Dice before registration, recomputed from the demo's own synthetic subjects
+    _, labels = synthetic_shapes(30, demo.DEMO_SHAPE, n_labels=8, seed=0)
+    rows = list(csv.DictReader(open(out / "eval" / "pairs.csv")))
+    for row in rows:
+        moving, fixed = int(row["moving"]), int(row["fixed"])
+        assert moving in subjects["test"] and fixed in subjects["test"]
+        assert float(row["dice_before"]) == pytest.approx(_dice_oracle(labels[moving], labels[fixed]), abs=1e-6)
+    assert summary["dice_before"]["mean"] == pytest.approx(np.mean([float(r["dice_before"]) for r in rows]), abs=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from synthetic import smooth_image
@@ -95,13 +96,49 @@ def test_module_twins_agree_with_functions(ndim):
     assert torch.equal(VecInt(5)(0.3 * disp), spatial.integrate(0.3 * disp, 5))
 
 
+def _linear_map_field(matrix: torch.Tensor, offset: torch.Tensor, shape) -> torch.Tensor:
+    """``(1, ndim, *shape)`` float64 displacement of the voxel map ``x -> matrix @ x + offset``,
+    built by hand from voxel indices (no morphreg code)."""
+    ndim = len(shape)
+    index = torch.from_numpy(np.indices(shape, dtype=np.float64).reshape(ndim, -1))
+    mapped = matrix.double() @ index + offset.double().view(ndim, 1)
+    return (mapped - index).reshape(1, ndim, *shape)
+
+
+def _maps_inside(matrix: torch.Tensor, offset: torch.Tensor, shape, margin: float = 0.0) -> torch.Tensor:
+    """``(*shape)`` bool: voxels whose image under ``x -> matrix @ x + offset`` lies in the grid."""
+    ndim = len(shape)
+    index = torch.from_numpy(np.indices(shape, dtype=np.float64).reshape(ndim, -1))
+    mapped = matrix.double() @ index + offset.double().view(ndim, 1)
+    upper = torch.tensor(shape, dtype=torch.float64).view(ndim, 1) - 1
+    return ((mapped >= margin) & (mapped <= upper - margin)).all(0).reshape(shape)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_compose_of_translations_adds(ndim):
-    shape = SHAPES[ndim]
-    a = torch.zeros(1, ndim, *shape)
-    b = torch.zeros(1, ndim, *shape)
-    a[:, 0] = 1.5
-    b[:, -1] = -0.75
+def test_compose_of_linear_maps_is_their_product(ndim):
+    # pull-back: warp(warp(img, first), second)(x) = img(phi_1(phi_2(x))), so compose(first, second)
+    # is the displacement of phi_1 o phi_2: x -> M1 (M2 x + t2) + t1 (exact for linear fields
+    # wherever phi_2(x) stays in the grid; border padding elsewhere)
+    shape = (24, 28) if ndim == 2 else (14, 16, 18)
+    gen = torch.Generator().manual_seed(5)
+    m1 = torch.eye(ndim, dtype=torch.float64) + 0.15 * torch.randn(ndim, ndim, generator=gen, dtype=torch.float64)
+    m2 = torch.eye(ndim, dtype=torch.float64) + 0.15 * torch.randn(ndim, ndim, generator=gen, dtype=torch.float64)
+    t1 = 1.5 * torch.randn(ndim, generator=gen, dtype=torch.float64)
+    t2 = 1.5 * torch.randn(ndim, generator=gen, dtype=torch.float64)
+    first, second = _linear_map_field(m1, t1, shape), _linear_map_field(m2, t2, shape)
+    composed = spatial.compose(first, second)
+    expected = _linear_map_field(m1 @ m2, m1 @ t2 + t1, shape)
+    inside = _maps_inside(m2, t2, shape)
+    assert inside.float().mean() > 0.4
+    error = (composed - expected).abs().amax(1)[0]
+    assert error[inside].max() < 1e-9
+    # what a wrong composition would give is far from it: the sum, or the other order
+    assert (first + second - expected).abs().amax(1)[0][inside].max() > 0.5
+    wrong_order = _linear_map_field(m2 @ m1, m2 @ t1 + t2, shape)
+    assert (wrong_order - expected).abs().amax(1)[0][inside].max() > 0.5
+    # constant fields (translations) simply add
+    a, b = torch.zeros(1, ndim, *shape), torch.zeros(1, ndim, *shape)
+    a[:, 0], b[:, -1] = 1.5, -0.75
     assert torch.allclose(spatial.compose(a, b), a + b, atol=1e-6)
 
 
@@ -129,6 +166,44 @@ def test_integrate_zero_and_constant(ndim):
     const[:, 1] = -0.5
     assert torch.allclose(spatial.integrate(const, 7), const, atol=1e-5)
     assert torch.equal(spatial.integrate(const, 0), const)
+
+
+LINEAR_VELOCITY = {  # generators with rotation, shear and expansion: exp(A) is far from I + A
+    2: [[0.1, -0.6], [0.5, -0.2]],
+    3: [[0.1, -0.5, 0.2], [0.4, -0.1, 0.1], [-0.2, 0.3, 0.05]],
+}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("steps", [1, 3, 7])
+def test_integrate_linear_velocity_known_answer(ndim, steps):
+    # v(x) = A (x - c): each squaring composes a linear map with itself, exactly under linear
+    # interpolation, so integrate(v, s) = ((I + A / 2**s) ** (2**s) - I)(x - c) inside the grid;
+    # as s grows this is the flow of v, expm(A) - I, up to the discretisation error stated below.
+    shape = (40, 40) if ndim == 2 else (26, 26, 26)
+    a = torch.tensor(LINEAR_VELOCITY[ndim], dtype=torch.float64)
+    centre = (torch.tensor(shape, dtype=torch.float64) - 1) / 2
+    eye = torch.eye(ndim, dtype=torch.float64)
+    velocity = _linear_map_field(eye + a, -a @ centre, shape)
+
+    def about_centre(matrix):
+        return _linear_map_field(matrix, centre - matrix @ centre, shape)
+
+    result = spatial.integrate(velocity, steps)
+    expected = about_centre(torch.linalg.matrix_power(eye + a / 2**steps, 2**steps))
+    flow = about_centre(torch.linalg.matrix_exp(a))
+    # voxels whose trajectory stays well inside the grid
+    radius = (spatial.identity_grid(shape, dtype=torch.float64) - centre.view(ndim, *[1] * ndim)).norm(dim=0)
+    near = radius < 0.45 * (min(shape) - 1) / math.exp(torch.linalg.matrix_norm(a, ord=2).item())
+    assert near.sum() > 50
+    error = (result - expected).norm(dim=1)[0][near]
+    assert error.max() < 1e-9
+    # the identity function (or one squaring too few) is far from the answer
+    assert (velocity - expected).norm(dim=1)[0][near].max() > 0.2
+    fewer = about_centre(torch.linalg.matrix_power(eye + a / 2**steps, 2 ** (steps - 1)))
+    assert (fewer - expected).norm(dim=1)[0][near].max() > 0.2
+    if steps == 7:  # 7 squarings approximate the flow within 0.03 voxel here (|A|^2 / 2**8 * r)
+        assert (result - flow).norm(dim=1)[0][near].max() < 0.03
 
 
 def test_integrate_gives_inverse_for_negated_velocity():

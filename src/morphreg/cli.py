@@ -384,9 +384,9 @@ def cmd_warp(args: argparse.Namespace) -> int:
     integer = moving.data.dtype.kind in "iu"
     interp = args.interp or ("nearest" if integer else "linear")
     if not io.same_grid(moving, grid):
+        moving = io.resample_to(moving, grid, order=0 if interp == "nearest" else 1)
         print("morphreg warp: note: the moving image is not on the warp's grid; it was resampled onto it "
               "through the affines first", file=sys.stderr)
-        moving = io.resample_to(moving, grid, order=0 if interp == "nearest" else 1)
     image = io.to_tensor(moving)
     if interp == "linear":
         image = image.float()

@@ -678,8 +678,11 @@ def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
 
 #: Sample coordinates within this many voxels of the moving image's first or last plane count as on
 #: it. Matrix products round border coordinates to e.g. -1e-17 or n-1+1e-15; a tolerance-free test
-#: reads those as outside and drops whole border planes.
-GRID_TOLERANCE_VOXELS = 1e-6
+#: reads those as outside and drops whole border planes. NIfTI stores the sform in float32, so two
+#: grids that share voxels exactly differ by up to ~1e-5 voxel once written and read back (1e-6
+#: still lost the border plane of a flipped copy); 1e-3 voxel covers that with a wide margin and
+#: changes a linearly interpolated value by at most 1e-3 of one voxel's intensity step.
+GRID_TOLERANCE_VOXELS = 1e-3
 
 
 def _fixed_to_moving_voxels(moving: Volume, fixed: Volume) -> np.ndarray:

@@ -37,6 +37,19 @@ def _demo_data(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndar
     return images, segs, f"{len(images)} images from {args.data}"
 
 
+def _split_three_ways(n: int, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Disjoint (train, validation, test) subject indices: a seeded 20 % (at least 4 subjects) is
+    held out, and split into up to 9 validation subjects (8 pairs; a third of the held-out ones,
+    at least 2) for choosing the checkpoint and the rest for the reported test pairs."""
+    if n < 5:
+        raise ValueError(
+            f"demo: needs at least 5 images (1 to train, 2 to choose the checkpoint, 2 to test), got {n}"
+        )
+    held_out = split_subjects(n, val_fraction=max(0.2, 4 / n), seed=seed)
+    n_val = max(2, min(9, len(held_out.val) // 3))
+    return held_out.train, held_out.val[:n_val], held_out.val[n_val:]
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, object]:
     """Run the demo; returns the evaluation summary (also written to ``OUT/eval/summary.json``)."""
     out = Path(args.out)
@@ -45,22 +58,22 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     images, segs, source = _demo_data(args)
-    split = split_subjects(len(images), val_fraction=0.2, seed=args.seed)
-    test = split.val
+    train_ids, val_ids, test = _split_three_ways(len(images), args.seed)
     n_test_pairs = min(args.test_pairs, len(test) - 1)
-    if n_test_pairs < 1:
-        raise ValueError("demo: need at least 2 held-out subjects; give more images")
-    val_pairs = [(i, i + 1) for i in range(0, min(8, len(test) - 1))]
-    train_set = PairDataset(subset(images, split.train), subset(segs, split.train), seed=args.seed,
+    val_pairs = [(i, i + 1) for i in range(len(val_ids) - 1)]
+    train_set = PairDataset(subset(images, train_ids), subset(segs, train_ids), seed=args.seed,
                             normalise="percentile")
-    val_set = PairDataset(subset(images, test), subset(segs, test), "pairs", pairs=val_pairs, normalise="percentile")
+    # the checkpoint is chosen on validation subjects that no reported test pair contains
+    val_set = PairDataset(subset(images, val_ids), subset(segs, val_ids), "pairs", pairs=val_pairs,
+                          normalise="percentile")
     steps = args.steps or DEMO_STEPS
     settings = TrainSettings(loss="ncc", weight=1.0, steps=steps, lr=1e-3, lr_schedule="cosine",
                              seed=args.seed, device="cpu", val_every=max(steps // 5, 1),
                              checkpoint_every=max(steps // 5, 1), max_minutes=args.max_minutes)
     print(f"morphreg demo: {source}; training VxmDense (NCC, lambda=1) for {steps} steps "
           f"(at most {args.max_minutes:g} min) "
-          f"on {len(split.train)} subjects, testing on {n_test_pairs} held-out pairs")
+          f"on {len(train_ids)} subjects, choosing the checkpoint on {len(val_pairs)} validation pairs, "
+          f"testing on {n_test_pairs} held-out pairs")
     result = train(settings, train_set, val_set, out / "run", progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
     if result.step < steps:
@@ -88,6 +101,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
     summary["train_seconds"] = round(train_seconds, 1)
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     summary["best_val_dice"] = result.best_val_dice
+    summary["subjects"] = {"train": train_ids, "validation": val_ids, "test": test}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"total time {summary['total_seconds']:.0f} s (training {train_seconds:.0f} s); "
           f"figures in {out / 'eval' / 'figures'}")
