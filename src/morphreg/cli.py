@@ -384,6 +384,17 @@ def _check_distinct(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
                                 "so give the output another path")
 
 
+def _check_folder_output(flag: str, folder: Path) -> None:
+    """Fail before any work when an output folder can be neither used nor created."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{flag}: cannot create '{folder}': '{place}' is a file, not a folder")
+            if not os.access(place, os.W_OK):
+                raise UserError(f"{flag}: cannot write in '{folder}': folder '{place}' is not writable")
+            return
+
+
 def _check_outputs(args: argparse.Namespace, *flags: str, kinds: dict[str, str] | None = None) -> None:
     """Fail before any work when an output cannot be written (a parent path is a file, a bad extension, ...).
 
@@ -533,6 +544,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder for the report")
+    _check_folder_output("--out", out)  # a writable place, checked before any pair is registered
     for name in REPORT_FILES:
         if io.same_path(out / name, args.pairs):
             raise UserError(f"--out '{out}' would overwrite the --pairs input '{args.pairs}' with its own {name}; "

@@ -278,7 +278,7 @@ def _check_declared_size(
         raise _unreadable(
             fn, path, f"its header declares {_shape_text(shape)} voxels of {dtype} "
             f"({_limits.format_bytes(nbytes)}) but the file holds only {stored} bytes of data"
-        )
+        ) from None
     return nbytes
 
 
@@ -299,11 +299,11 @@ def _verify_gzip(fn: str, path: Path, expected: int) -> None:
                     raise _unreadable(
                         fn, path, f"it decompresses to more than the {_limits.format_bytes(expected)} its header "
                         "declares (a decompression bomb?)"
-                    )
+                    ) from None
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise _unreadable(fn, path, f"damaged gzip data ({_first_line(err)})") from None
     if total < expected:
-        raise _unreadable(fn, path, f"its data end after {total} of the {expected} bytes its header declares")
+        raise _unreadable(fn, path, f"its data end after {total} of the {expected} bytes its header declares") from None
 
 
 def _read_nibabel(fn: str, path: Path) -> tuple[np.ndarray, np.ndarray, FileBasedHeader]:
@@ -312,7 +312,7 @@ def _read_nibabel(fn: str, path: Path) -> tuple[np.ndarray, np.ndarray, FileBase
         header = img.header
         shape = tuple(int(s) for s in header.get_data_shape())
         dtype = np.dtype(header.get_data_dtype())
-        offset = int(header.get_data_offset())
+        offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset())  # the header copy says 0
     except Exception as err:  # nibabel raises many types; none of them should escape
         raise _unreadable(fn, path, _first_line(err)) from None
     compressed = path.name.lower().endswith((".gz", ".mgz"))

@@ -121,8 +121,7 @@ def evaluate_pairs(
         rows are gathered, and rank 0 alone writes the reports.
     """
     viz = _viz_or_none(figures)
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # created with the first thing written: a pair refused up front leaves nothing behind
     info = dist_utils.current()
     pair_rows: list[dict[str, Any]] = []
     structure_rows: list[dict[str, Any]] = []
@@ -153,6 +152,7 @@ def evaluate_pairs(
                                        "dice_before": b, "dice_after": a})
         pair_rows.append(row)
         if index < figures and viz is not None:
+            (out / "figures").mkdir(parents=True, exist_ok=True)
             stem = out / "figures" / f"pair{index:03d}"
             as_np = [t[0, 0].numpy() for t in (pair.fixed, pair.moving, moved)]
             segs = {}
@@ -175,6 +175,7 @@ def evaluate_pairs(
     summary["per_structure_dice_after"] = {k: _nan_stats(v)["mean"] for k, v in per_structure["after"].items()}
     if not info.is_main:
         return summary
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
     _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
     tmp = out / ".summary.json.tmp"
