@@ -478,3 +478,186 @@ def test_batch_evaluation_splits_pairs_across_ranks(corpus, tmp_path):
     drop_time = lambda path: [r.rsplit(",", 1)[0] for r in path.read_text().splitlines()]  # noqa: E731
     one, two = drop_time(tmp_path / "one" / "pairs.csv"), drop_time(tmp_path / "two" / "pairs.csv")
     assert len(one) == 6 and one == two
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 9, second round: the classes that are not a single refused command
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_diverging_training_stops_before_backward_and_saves_no_model(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(corpus / "img"), "--steps", "4", "--lr", "1e30", "--no-progress", "--out", str(out),
+            *TINY]
+    assert main(argv) == 1
+    line = _one_line(capsys)
+    assert re.search(r"the loss became (nan|inf|-inf) at step \d: training diverged; nothing was saved", line), line
+    assert not any((out / name).exists() for name in ("model.pt", "last.pt", "state.pt"))
+
+
+def test_an_image_over_the_memory_budget_is_refused_from_its_header(corpus, monkeypatch, capsys):
+    monkeypatch.setenv("MORPHREG_MEMORY_LIMIT", "32K")  # one image may take 4 kB as float32; these need 5.1 kB
+    assert main(_register(corpus)) == 1
+    line = _one_line(capsys)
+    assert re.search(r"s0.nii.gz': its header declares 32x40 voxels of float32 \(5.1 kB in memory\), more than "
+                     r"the 4.1 kB one input may take \(1/8 of the memory limit 33 kB \(MORPHREG_MEMORY_LIMIT\)\)",
+                     line), line
+
+
+@pytest.mark.parametrize("name", ["claims_32gb.nii.gz", "claims_67mb.nii.gz", "claims_67mb.nii", "claims.npy"])
+def test_size_claims_are_refused_without_allocating_them(corpus, name):
+    import tracemalloc
+
+    from morphreg import io
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(io.ImageReadError, match="declares"):
+            io.load_volume(corpus / name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak  # the claims are 67 MB to 32 GB; nothing of that size was allocated
+
+
+def test_a_zip_bomb_npz_is_refused_by_its_declared_sizes(tmp_path, monkeypatch):
+    from morphreg import io
+
+    np.savez_compressed(tmp_path / "bomb.npz", vol=np.zeros((512, 512, 64), np.float32))  # 64 MB in 65 kB
+    monkeypatch.setenv("MORPHREG_MEMORY_LIMIT", "128M")
+    with pytest.raises(io.ImageReadError, match=r"array 'vol' declares 67 MB uncompressed, more than the 17 MB"):
+        io.load_volume(tmp_path / "bomb.npz")
+
+
+def test_memory_errors_give_one_line(corpus, monkeypatch, capsys):
+    from morphreg.workflows import register
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.20 GiB for an array with shape (1000, 1000, 800)")
+
+    monkeypatch.setattr(register.io, "load_volume", exhausted)
+    assert main(_register(corpus)) == 1
+    assert re.search(r"error: out of memory \(MemoryError\): .*\(memory limit", _one_line(capsys))
+
+    def allocator(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(register.io, "load_volume", allocator)
+    assert main(_register(corpus)) == 1
+    line = _one_line(capsys)
+    assert "out of memory (RuntimeError)" in line and "DefaultCPUAllocator" not in line
+
+
+def test_an_evaluation_without_figures_survives_a_broken_matplotlib(corpus, tmp_path, monkeypatch, capsys):
+    import morphreg
+
+    monkeypatch.setitem(sys.modules, "morphreg.viz", None)  # what a bad MPLBACKEND does to the import
+    monkeypatch.delattr(morphreg, "viz", raising=False)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"moving,fixed\n{corpus}/img/s0.nii.gz,{corpus}/img/s1.nii.gz\n")
+    common = ["evaluate", "--model", str(corpus / "run"), "--pairs", str(pairs), "--no-progress", "--no-hd95"]
+    assert main([*common, "--figures", "0", "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "summary.json").is_file()
+    assert main([*common, "--figures", "1", "--out", str(tmp_path / "ev2")]) == 1
+    assert "cannot draw figures: matplotlib does not load" in _one_line(capsys)
+    assert not (tmp_path / "ev2").exists()
+
+
+def test_a_malformed_world_size_is_named(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["train", "--data", str(corpus / "img"), "--out", str(tmp_path / "r"), *TINY]) == 1
+    assert "environment variable WORLD_SIZE must be a non-negative integer (torchrun sets it), got 'two'" in \
+        _one_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_names_a_damaged_metrics_file(corpus, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(corpus / "run", run)
+    header, first, *rest = (run / "metrics.csv").read_bytes().split(b"\n")
+    (run / "metrics.csv").write_bytes(b"\n".join([header, b"\0" + first, *rest]))
+    assert main(["train", "--data", str(corpus / "img"), "--out", str(run), "--resume", "--steps", "4",
+                 "--no-progress", *TINY]) == 1
+    assert re.search(r"cannot resume: '.*metrics.csv' is damaged", _one_line(capsys))
+
+
+def test_matrix_goes_into_a_new_folder_atomically(corpus, tmp_path):
+    matrix = tmp_path / "new" / "folder" / "affine.txt"
+    assert main(["register", "--method", "rigid", "--moving", str(corpus / "img/s0.nii.gz"), "--fixed",
+                 str(corpus / "img/s1.nii.gz"), "--moved", str(tmp_path / "moved.nii.gz"), "--matrix",
+                 str(matrix)]) == 0
+    assert np.loadtxt(matrix).shape == (4, 4)
+    assert [p.name for p in matrix.parent.iterdir()] == ["affine.txt"]  # no temporary file left behind
+
+
+def test_a_2d_image_with_trailing_singleton_axes_is_2d(tmp_path):
+    from morphreg import io
+
+    _nii(tmp_path / "x.nii.gz", np.arange(20, dtype=np.float32).reshape(4, 5, 1, 1, 1))
+    volume = io.load_volume(tmp_path / "x.nii.gz")
+    assert volume.shape == (4, 5) and volume.data[3, 4] == 19
+
+
+def test_an_npz_array_pairs_with_a_nifti_image(corpus, tmp_path):
+    images, _ = synthetic_shapes(2, SHAPE, n_labels=3, seed=2)
+    np.savez(tmp_path / "two.npz", a=images[0], b=images[1])
+    fixed = _nii(tmp_path / "fixed.nii.gz", images[1], np.eye(4))
+    assert main(["register", "--model", str(corpus / "run"), "--moving", str(tmp_path / "two.npz"), "--npz-key", "a",
+                 "--fixed", str(fixed), "--moved", str(tmp_path / "moved.nii.gz")]) == 0
+
+
+@pytest.mark.parametrize("steps", ["21", "63", "70"])
+def test_int_steps_is_bounded_on_the_command_line(steps, capsys):
+    assert main(["train", "--data", "x", "--out", "y", "--int-steps", steps]) == 2
+    assert "expected an integer in [0, 20]" in capsys.readouterr().err
+
+
+def test_int_steps_is_bounded_in_the_core():
+    from morphreg import spatial
+
+    velocity = torch.zeros(1, 2, 8, 8)
+    assert torch.equal(spatial.integrate(velocity, spatial.MAX_INT_STEPS), velocity)
+    with pytest.raises(ValueError, match=r"argument 'steps' must be an integer in \[0, 20\], got 21"):
+        spatial.integrate(velocity, 21)
+    with pytest.raises(ValueError, match=r"argument 'int_steps' must be an integer in \[0, 20\], got 64"):
+        VxmDense(2, int_steps=64)
+
+
+@pytest.mark.parametrize(("values", "problem"), [
+    (np.array([[0.0, 1.5]]), r"non-integer values such as 1\.5"),
+    (np.array([[0.0, np.nan]]), r"non-integer values such as nan"),
+    (np.array([[0.0, 3e9]], np.float32), r"values up to 3e\+09"),
+    (np.array([[0, 2**40]], np.int64), r"values up to 1\.1e\+12"),
+    (np.array([[0, -2]], np.int8), r"negative values \(smallest -2\)"),
+    (np.array([[0.0, -1.0]]), r"negative values \(smallest -1\)"),
+])
+def test_one_label_policy(values, problem):
+    from morphreg.data import as_label_map
+
+    with pytest.raises(ValueError, match=r"^--segs 'x' must be an integer label map \(whole numbers in \[0, "
+                                         r"2147483647\]\); found " + problem):
+        as_label_map(values, "--segs 'x'")
+
+
+def test_label_policy_keeps_valid_maps():
+    from morphreg.data import as_label_map
+
+    assert as_label_map(np.array([[0.0, 7.0]], np.float32), "x").dtype == np.int32
+    assert as_label_map(np.array([[0, 200]], np.uint8), "x").dtype == np.uint8
+    assert as_label_map(np.array([[True, False]]), "x").dtype == np.uint8
+    assert as_label_map(np.array([[0, 2**31 - 1]], np.int64), "x").max() == 2**31 - 1
+
+
+def test_absurd_widths_are_refused_before_building(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MORPHREG_MEMORY_LIMIT", "1G")
+    assert main(["train", "--data", str(corpus / "img"), "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--enc", "5000", "5000", "5000", "5000", "--no-progress"]) == 1
+    assert re.search(r"the requested network: its VxmDense config .* needs 2\.\d GB of weights, more than the "
+                     r"268 MB a model may take", _one_line(capsys))
