@@ -431,7 +431,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     proc.wait()
     killed_at = torch.load(state, weights_only=True)["step"]
     assert 10 <= killed_at < steps
+    split = (tmp_path / "killed" / "split.json").read_bytes()  # written when the run began
     assert main(_train_cmd(corpus / "img", tmp_path / "killed", steps, "--deterministic", "--resume")) == 0
+    assert (tmp_path / "killed" / "split.json").read_bytes() == split  # a run's split is never rewritten
     clean, resumed = _weights(tmp_path / "clean" / "last.pt"), _weights(tmp_path / "killed" / "last.pt")
     assert all(torch.equal(clean[k], resumed[k]) for k in clean)
     clean_rows = (tmp_path / "clean" / "metrics.csv").read_text().splitlines()
@@ -490,13 +492,18 @@ def _one_line(capsys) -> str:
     return err[0]
 
 
-def test_diverging_training_stops_before_backward_and_saves_no_model(corpus, tmp_path, capsys):
+@pytest.mark.parametrize(("steps", "lr", "pattern"), [
+    ("4", "1e30", r"the loss became (nan|inf|-inf) at step 2: training diverged; nothing was saved"),
+    ("4", "1e6", r"the loss became (nan|inf|-inf) at step \d: training diverged; nothing was saved"),
+    ("1", "1e30", r"the field the network predicts became NaN or infinite by step 1: training diverged"),
+])
+def test_diverging_training_stops_before_backward_and_saves_no_model(steps, lr, pattern, corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(corpus / "img"), "--steps", "4", "--lr", "1e30", "--no-progress", "--out", str(out),
+    argv = ["train", "--data", str(corpus / "img"), "--steps", steps, "--lr", lr, "--no-progress", "--out", str(out),
             *TINY]
     assert main(argv) == 1
     line = _one_line(capsys)
-    assert re.search(r"the loss became (nan|inf|-inf) at step \d: training diverged; nothing was saved", line), line
+    assert re.search(pattern, line), line
     assert not any((out / name).exists() for name in ("model.pt", "last.pt", "state.pt"))
 
 

@@ -85,7 +85,7 @@ def format_bytes(n: float) -> str:
 
 def budget_note() -> str:
     """Where the limit comes from, for messages."""
-    source = f"{ENV_VAR}" if os.environ.get(ENV_VAR) else f"this machine's memory; set {ENV_VAR} to change it"
+    source = ENV_VAR if os.environ.get(ENV_VAR) else f"the least of RAM, ulimit -v and cgroup; {ENV_VAR} overrides it"
     return f"memory limit {format_bytes(memory_limit())} ({source})"
 
 

@@ -393,13 +393,24 @@ def _check_one_hot_budget(n_labels: int, batch: int, spatial_shape: tuple[int, .
         )
 
 
-def _check_finite_weights(model: torch.nn.Module, step: int, last_saved: int) -> None:
-    for name, value in model.named_parameters():
-        if not bool(torch.isfinite(value).all()):
-            raise FloatingPointError(
-                f"train: the weights became NaN or infinite at step {step} ('{name}'): training diverged; "
-                f"nothing was saved from this step on (last checkpoint: step {last_saved}); lower --lr"
-            )
+@torch.no_grad()
+def _check_not_diverged(model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int, last_saved: int,
+                        info: dist_utils.DistInfo) -> None:
+    """Before anything is saved: the weights, and the field they give for one pair, must be finite.
+
+    A huge step (e.g. ``lr=1e30``) can leave finite but absurd weights whose field overflows; the
+    loss of the step that made them was still finite, so the forward pass is what tells.
+    """
+    problem = next((f"the weights ('{name}')" for name, value in model.named_parameters()
+                    if not bool(torch.isfinite(value).all())), None)
+    if problem is None and not bool(torch.isfinite(model(batch["moving"][:1], batch["fixed"][:1]).disp).all()):
+        problem = "the field the network predicts"
+    flag = torch.tensor(0.0 if problem is None else 1.0)
+    if dist_utils.all_reduce_mean(flag, info).item() > 0:
+        raise FloatingPointError(
+            f"train: {problem or 'another rank'} became NaN or infinite by step {step}: training diverged; "
+            f"nothing was saved from this step on (last checkpoint: step {last_saved}); lower --lr or --lambda"
+        )
 
 
 def _save_state(path: Path, model: SavableModel, optimizer: torch.optim.Optimizer, step: int, best: float,
@@ -558,7 +569,7 @@ def train(
             bar.set_postfix(loss=f"{mean[0]:.4f}", sim=f"{mean[1]:.4f}", smooth=f"{mean[2]:.3g}",
                             seg=f"{mean[3]:.3g}")
             if is_val:
-                _check_finite_weights(model, done, last_saved)
+                _check_not_diverged(model, batch, done, last_saved, info)
                 val_dice, val_loss = validate(model, val_set, similarity, device, info)
                 row.update(val_dice=val_dice, val_loss=val_loss)
                 score = val_dice if math.isfinite(val_dice) else -val_loss
@@ -571,7 +582,8 @@ def train(
             logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g", done, *mean)
             log.write(row)
         if is_ckpt:
-            _check_finite_weights(model, done, last_saved)
+            if not is_val:
+                _check_not_diverged(model, batch, done, last_saved, info)
             if info.is_main:
                 _save_state(state_path, model, optimizer, done, best, settings)
                 model.save(run_dir / "last.pt", metadata={**meta, "step": done})
