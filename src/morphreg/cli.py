@@ -285,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder for the run")
-    _check_distinct({f"--out '{out}' ({name})": out / name for name in RUN_FILES},
+    _check_distinct({f"--out (its {name})": out / name for name in RUN_FILES},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
                      ("--data", "--segs", "--atlas", "--atlas-seg", "--pairs")})
     if not args.resume and (out / "state.pt").exists():
@@ -621,8 +621,10 @@ _OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|DefaultCPUAllo
 
 #: Library wording -> the flags of each command (library messages name API parameters).
 _FLAG_WORDING = {
-    "register": (("pass key= one of", "pass --npz-key one of"),),
+    "register": (("pass key= one of", "pass --npz-key one of"),
+                 ("lower the regularisation weight or the learning rate", "lower --lambda")),
     "warp": (("pass key= one of", "pass --npz-key one of"),
+             ("argument 'key' only applies to .npz files, got key=", "--npz-key only applies to .npz files, got "),
              ("; pass units='voxel' or units='mm'",
               "; morphreg warp reads fields that state them, as `morphreg register --warp` writes")),
     "train": (("pass key= one of", "pass --npz-key (images) or --seg-key (label maps) one of"),),
