@@ -121,8 +121,11 @@ def check_choice(fn: str, name: str, value: object, options: Sequence[object]) -
         )
 
 
-def check_positive_int(fn: str, name: str, value: object, *, minimum: int = 1) -> int:
-    """Raise unless ``value`` is an int >= ``minimum``."""
+def check_positive_int(fn: str, name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Raise unless ``value`` is an int >= ``minimum`` (and <= ``maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{_where(fn, name)} must be an integer >= {minimum}, got {value!r}")
+        expected = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{_where(fn, name)} must be an integer {expected}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{_where(fn, name)} must be an integer in [{minimum}, {maximum}], got {value!r}")
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,6 +56,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+MAX_INT_STEPS = 20  # morphreg.spatial.MAX_INT_STEPS (kept here so that --help needs no torch import)
+
+
+def _int_steps(text: str) -> int:
+    """argparse type of --int-steps: an integer in [0, MAX_INT_STEPS]."""
+    value = _non_negative_int(text)
+    if value > MAX_INT_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, {MAX_INT_STEPS}], got {text!r} (7 is the usual choice; each step doubles "
+            f"the field's reach, and {MAX_INT_STEPS} already covers any image)")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -96,8 +108,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity (default ncc)")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
                    help="smoothness weight (default: 0.01 for mse, 1.0 for ncc, as in the paper)")
-    p.add_argument("--int-steps", type=_non_negative_int, default=0,
-                   help="scaling-and-squaring steps (0: displacement model; 7: diffeomorphic)")
+    p.add_argument("--int-steps", type=_int_steps, default=0,
+                   help=f"scaling-and-squaring steps, at most {MAX_INT_STEPS} (0: displacement model; "
+                        "7: diffeomorphic)")
     p.add_argument("--int-downsize", type=int, choices=[1, 2, 4], default=1,
                    help="integrate the velocity at 1/N resolution")
     p.add_argument("--bidir", action="store_true", help="bidirectional similarity (needs --int-steps > 0)")
@@ -214,7 +227,11 @@ def _normalise_arg(value: str | None, model: Any = None) -> str | None:
     if value is None:
         if model is None:
             return "percentile"
-        return getattr(model, "metadata", {}).get("normalise", "minmax")
+        stored = getattr(model, "metadata", {}).get("normalise", "minmax")
+        if stored not in ("minmax", "percentile", None):
+            raise UserError(f"--model: the checkpoint records an unknown intensity normalisation {stored!r}; "
+                            "pass --normalise minmax|percentile|none")
+        return stored
     return None if value == "none" else value
 
 
@@ -231,9 +248,29 @@ def _load_network(path: str, device: Any, flag: str = "--model") -> Any:
         raise UserError(f"{flag}: {err}") from None
 
 
+#: TrainSettings fields -> the train flags that set them (messages name flags, not parameters).
+SETTING_FLAGS = {"model": "--model", "loss": "--loss", "weight": "--lambda", "int_steps": "--int-steps",
+                 "int_downsize": "--int-downsize", "bidir": "--bidir", "seg_weight": "--seg-weight",
+                 "batch_size": "--batch-size", "lr": "--lr", "lr_schedule": "--lr-schedule", "seed": "--seed",
+                 "enc": "--enc", "dec": "--dec", "normalise": "--normalise", "val_fraction": "--val-fraction",
+                 "val_pairs": "--val-pairs", "augment": "--augment"}
+
+
+def _resume_refusal(out: Path, changes: dict[str, tuple[Any, Any]]) -> UserError:
+    listed = []
+    for key, (old, new) in changes.items():
+        if key in ("train", "val"):
+            listed.append(f"the {key} subjects differ from split.json ({len(old)} saved, {len(new)} now)")
+        else:
+            listed.append(f"{SETTING_FLAGS.get(key, key)} {old!r} -> {new!r}")
+    return UserError(f"cannot resume '{out}': the run began with other settings ({'; '.join(listed)}); resume "
+                     "with the run's own flags (see settings.json and split.json) or start a new run in another --out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .workflows.datasets import build_training_data
-    from .workflows.train import TrainSettings, train
+    from .workflows.datasets import build_training_data, split_changes, split_record
+    from .workflows.distributed import check_env
+    from .workflows.train import RUN_FILES, ResumeMismatch, TrainSettings, check_resume, train
 
     if args.data is None and args.pairs is None:
         raise UserError("give --data (images) or --pairs (a CSV of pairs)")
@@ -243,6 +280,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--seg-weight > 0 needs --segs (label maps for the training images)")
     if args.bidir and args.int_steps == 0:
         raise UserError("--bidir needs a diffeomorphic model: give --int-steps (e.g. 7)")
+    check_env()
+    _device_or_error(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the run")
+    _check_distinct({f"--out (its {name})": out / name for name in RUN_FILES},
+                    {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
+                     ("--data", "--segs", "--atlas", "--atlas-seg", "--pairs")})
+    if not args.resume and (out / "state.pt").exists():
+        raise UserError(f"--out '{out}' already holds a run; pass --resume to continue it or choose another folder")
     settings = TrainSettings(
         model=args.model, loss=args.loss, weight=args.weight, int_steps=args.int_steps, int_downsize=args.int_downsize,
         bidir=args.bidir, seg_weight=args.seg_weight, steps=args.steps, batch_size=args.batch_size,
@@ -251,24 +298,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads, max_minutes=args.max_minutes,
         normalise=_normalise_arg(args.normalise),
     )
+    if args.resume:
+        try:
+            check_resume(out, settings)
+        except ResumeMismatch as err:
+            raise _resume_refusal(out, err.changes) from None
     data = build_training_data(
         args.data, key=args.npz_key, segs=args.segs, seg_key=args.seg_key, atlas=args.atlas,
         atlas_seg=args.atlas_seg, pairs_csv=args.pairs, val_fraction=args.val_fraction,
         val_pairs=args.val_pairs, seed=args.seed, augment=args.augment, normalise=_normalise_arg(args.normalise),
     )
-    out = Path(args.out)
-    if not args.resume and (out / "state.pt").exists():
-        raise UserError(f"--out '{out}' already holds a run; pass --resume to continue it or choose another folder")
-    result = train(settings, data.train, data.val, out, resume=args.resume, progress=not args.no_progress,
-                   n_labels=data.n_labels)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
-        _write_split(out, data.train_names, data.val_names)
+    record = split_record(data, val_fraction=args.val_fraction, val_pairs=args.val_pairs, augment=args.augment)
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes and reports
+    if args.resume:
+        saved = _read_split(out)
+        changes = split_changes(saved, record) if saved is not None else {}
+        if changes:
+            raise _resume_refusal(out, changes)
+    if is_main and not (args.resume and (out / "split.json").exists()):  # a run's split is never rewritten
+        _write_split(out, record)
+    try:
+        result = train(settings, data.train, data.val, out, resume=args.resume, progress=not args.no_progress,
+                       n_labels=data.n_labels)
+    except ResumeMismatch as err:
+        raise _resume_refusal(out, err.changes) from None
+    if is_main:
         try:
             from . import viz
 
             viz.plot_training_curves(out / "metrics.csv", out / "training_curves.png")
-        except (ValueError, OSError) as err:
-            print(f"morphreg train: note: no training-curve figure ({err})", file=sys.stderr)
+        except Exception as err:  # a figure never fails a finished run (matplotlib, MPLBACKEND, ...)
+            print(f"morphreg train: note: no training-curve figure ({str(err).splitlines()[0][:160]})",
+                  file=sys.stderr)
         best = ""
         if result.best_val_dice == result.best_val_dice:  # not NaN
             best = f", best validation Dice {result.best_val_dice:.4f}"
@@ -276,14 +337,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_split(out: Path, train_names: Sequence[str], val_names: Sequence[str]) -> None:
+def _read_split(out: Path) -> dict[str, Any] | None:
     import json
 
-    (out / "split.json").write_text(json.dumps({"train": list(train_names), "val": list(val_names)}, indent=1))
+    path = out / "split.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise UserError(f"cannot resume '{out}': '{path}' is damaged ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"cannot resume '{out}': '{path}' is not a split record")
+    return saved
 
 
-def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
-    """Fail before any work when an output cannot be written (a parent path is a file, ...)."""
+def _write_split(out: Path, record: dict[str, Any]) -> None:
+    import json
+
+    from . import io
+
+    io.save_text(json.dumps(record, indent=1), out / "split.json")
+
+
+def _device_or_error(name: str) -> Any:
+    from .workflows.train import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as err:
+        raise UserError(f"--device {name}: {err}") from None
+
+
+def _check_distinct(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse two outputs on one path, and an output on an input's path, before any work."""
+    from . import io
+
+    named = [(flag, value) for flag, value in outputs.items() if value]
+    for i, (flag, value) in enumerate(named):
+        for other, other_value in named[:i]:
+            if io.same_path(value, other_value):
+                raise UserError(f"{other} and {flag} are the same file '{value}'; each output needs its own path")
+        for source, source_value in inputs.items():
+            if source_value and io.same_path(value, source_value):
+                raise UserError(f"{flag} '{value}' is the {source} input; writing it would destroy the input, "
+                                "so give the output another path")
+
+
+def _check_folder_output(flag: str, folder: Path) -> None:
+    """Fail before any work when an output folder can be neither used nor created."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{flag}: cannot create '{folder}': '{place}' is a file, not a folder")
+            if not os.access(place, os.W_OK):
+                raise UserError(f"{flag}: cannot write in '{folder}': folder '{place}' is not writable")
+            return
+
+
+def _check_outputs(args: argparse.Namespace, *flags: str, kinds: dict[str, str] | None = None) -> None:
+    """Fail before any work when an output cannot be written (a parent path is a file, a bad extension, ...).
+
+    ``kinds`` maps a flag to ``"volume"`` or ``"warp"`` (checked by :func:`morphreg.io.check_output_path`);
+    other flags only need a writable place.
+    """
+    from . import io
+
     for flag in flags:
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if not value:
@@ -291,6 +410,11 @@ def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
         path = Path(value)
         if path.is_dir():
             raise UserError(f"{flag}: '{path}' is a folder; give a file name such as {path / 'out.nii.gz'}")
+        if kinds and flag in kinds:
+            try:
+                io.check_output_path(path, kinds[flag])
+            except ValueError as err:
+                raise UserError(f"{flag}: {err}") from None
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():
@@ -315,7 +439,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     import torch
 
     from .workflows.register import load_pair, network_register_fn, register_pair
-    from .workflows.train import resolve_device
 
     method = args.method or ("network" if args.model else None)
     if method is None:
@@ -328,8 +451,13 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
-    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix")
-    device = resolve_device(args.device)
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix",
+                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp"})
+    _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
+                     ("--moved", "--warp", "--moved-seg", "--matrix")},
+                    {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
+                     ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model")})
+    device = _device_or_error(args.device)
     pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
                      resample=not args.no_resample)
     if pair.resampled:
@@ -341,21 +469,25 @@ def cmd_register(args: argparse.Namespace) -> int:
         model = _load_network(path, device, flag)
         if model.ndim != pair.fixed.ndim:
             raise UserError(f"{flag} is a {model.ndim}D network but the images are {pair.fixed.ndim}D")
+        if flag == "--affine-model" and type(model).__name__ != "AffineNet":
+            raise UserError(f"--affine-model '{path}' holds a {type(model).__name__} (a deformable network), not an "
+                            "affine one; give a run of `morphreg train --model affine`, or pass it as --model")
         return network_register_fn(model, device)
 
     deformable = network(args.model, "--model") if method == "network" else None
     normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
     learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
-    register = classical_register_fn(method, args, pair, deformable, learned_affine)
+    register = classical_register_fn(method, args, pair, deformable, learned_affine, device=device)
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
     _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
-        import numpy as np
+        from . import io
 
-        np.savetxt(args.matrix, register.matrix_world, fmt="%.8f",
-                   header="4x4 world (mm) matrix mapping fixed-image points to moving-image points")
+        rows = "\n".join(" ".join(f"{v:.8f}" for v in row) for row in register.matrix_world)
+        io.save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points\n" + rows + "\n",
+                     args.matrix)
     print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
     if result.dice is not None:
         before = None
@@ -374,7 +506,8 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
     from . import io, spatial
 
-    _check_outputs(args, "--moved")
+    _check_outputs(args, "--moved", kinds={"--moved": "volume"})
+    _check_distinct({"--moved": args.moved}, {"--moving": args.moving, "--warp": args.warp})
     warp = io.load_warp(args.warp)
     moving = io.load_volume(args.moving, key=args.npz_key)
     ndim = warp.disp.shape[0]
@@ -402,12 +535,21 @@ def cmd_warp(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .workflows.distributed import init_from_env
-    from .workflows.evaluate import evaluate_pairs, pairs_from_csv, timed
+    from . import io
+    from .workflows.distributed import check_env, init_from_env
+    from .workflows.evaluate import REPORT_FILES, evaluate_pairs, pairs_from_csv, timed
     from .workflows.register import network_register_fn
-    from .workflows.train import resolve_device
 
-    device = resolve_device(args.device)
+    check_env()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the report")
+    _check_folder_output("--out", out)  # a writable place, checked before any pair is registered
+    for name in REPORT_FILES:
+        if io.same_path(out / name, args.pairs):
+            raise UserError(f"--out '{out}' would overwrite the --pairs input '{args.pairs}' with its own {name}; "
+                            "give another --out (or move the pairs list)")
+    device = _device_or_error(args.device)
     info = init_from_env(device)  # under torchrun the ranks share the pairs
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -464,12 +606,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"morphreg {args.command}: interrupted", file=sys.stderr)
         return 130
     except (UserError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError,
-            RuntimeError) as err:
+            RuntimeError, MemoryError) as err:
         if getattr(args, "debug", False):
             traceback.print_exc()
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"morphreg {args.command}: error: {message}", file=sys.stderr)
+        if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and _OUT_OF_MEMORY.search(message)):
+            message = _out_of_memory_line(err)
+        print(f"morphreg {args.command}: error: {_flag_names(args.command, message)}", file=sys.stderr)
         return 1
+
+
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|DefaultCPUAllocator|Unable to allocate",
+                            re.IGNORECASE)
+
+#: Library wording -> the flags of each command (library messages name API parameters).
+_FLAG_WORDING = {
+    "register": (("pass key= one of", "pass --npz-key one of"),
+                 ("lower the regularisation weight or the learning rate", "lower --lambda")),
+    "warp": (("pass key= one of", "pass --npz-key one of"),
+             ("argument 'key' only applies to .npz files, got key=", "--npz-key only applies to .npz files, got "),
+             ("; pass units='voxel' or units='mm'",
+              "; morphreg warp reads fields that state them, as `morphreg register --warp` writes")),
+    "train": (("pass key= one of", "pass --npz-key (images) or --seg-key (label maps) one of"),),
+    "demo": (("pass key= one of", "pass --npz-key (images) or --seg-key (label maps) one of"),),
+}
+
+
+def _flag_names(command: str, message: str) -> str:
+    for old, new in _FLAG_WORDING.get(command, ()):
+        message = message.replace(old, new)
+    return message
+
+
+def _out_of_memory_line(err: BaseException) -> str:
+    from ._limits import budget_note
+
+    return (f"out of memory ({type(err).__name__}): the images or the network need more memory than this "
+            f"process may use ({budget_note()}); use smaller or downsampled images, a smaller network, or a "
+            "machine with more memory")
 
 
 if __name__ == "__main__":

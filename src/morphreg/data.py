@@ -26,10 +26,12 @@ from torch.utils.data import Dataset
 from . import io
 
 __all__ = [
+    "MAX_LABEL",
     "NORMALISE_METHODS",
     "PAIRINGS",
     "PairDataset",
     "Split",
+    "as_label_map",
     "load_collection",
     "normalise_intensity",
     "read_pairs_csv",
@@ -43,6 +45,51 @@ PAIRINGS = ("random", "atlas", "pairs")
 PAIR_COLUMNS = ("moving", "fixed", "moving_seg", "fixed_seg")
 _GAMMA_RANGE = (0.8, 1.25)
 _PERCENTILES = (0.5, 99.5)
+#: Label maps hold whole numbers in [0, MAX_LABEL] (int32, what NIfTI tools and torch read alike).
+MAX_LABEL = 2**31 - 1
+#: The longest CSV line read (csv's own cell limit is 128 KiB, and a path is at most 4096 characters).
+_MAX_CSV_CELL = 64 * 1024
+_MAX_PATH = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Label maps
+
+
+def as_label_map(values: np.ndarray, what: str) -> np.ndarray:
+    """Check one label map against morphreg's one label policy; return it with an integer dtype.
+
+    Policy: a label map holds whole numbers in ``[0, MAX_LABEL]``. Integer and boolean arrays
+    keep their dtype (booleans become uint8); floating arrays must hold whole numbers only and
+    become int32. Anything else (1.5, -1, 3e9, NaN) is refused, never rounded or wrapped.
+
+    Args:
+        values: the label map ``(*spatial)``.
+        what: names the input in the message, e.g. ``"--moving-seg 'a.nii.gz'"``.
+
+    Raises:
+        ValueError: ``"<what> must be an integer label map (whole numbers in [0, 2147483647]); found ..."``.
+    """
+    values = np.asarray(values)
+    kind = values.dtype.kind
+    rule = f"{what} must be an integer label map (whole numbers in [0, {MAX_LABEL}]); found"
+    if kind == "b":
+        return values.astype(np.uint8)
+    if kind not in "iuf":
+        raise ValueError(f"{rule} values of dtype {values.dtype}")
+    if values.size == 0:
+        return values.astype(np.int32) if kind == "f" else values
+    if kind == "f":
+        bad = ~np.isfinite(values) | (np.mod(values, 1) != 0)
+        if bad.any():
+            example = float(values[bad].flat[0])
+            raise ValueError(f"{rule} non-integer values such as {example:g} (dtype {values.dtype})")
+    lo, hi = values.min(), values.max()
+    if lo < 0:
+        raise ValueError(f"{rule} negative values (smallest {float(lo):g})")
+    if hi > MAX_LABEL:
+        raise ValueError(f"{rule} values up to {float(hi):.4g}")
+    return values.astype(np.int32) if kind == "f" else values
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,10 +533,33 @@ def read_pairs_csv(path: PathLike) -> list[dict[str, Path]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{fn}: pairs file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        hint = " (it looks like UTF-16)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(
+            f"{fn}: pairs file '{path}' is not UTF-8 text{hint}: byte {err.start} cannot be decoded; save it as UTF-8"
+        ) from None
     if not text.strip():
         raise ValueError(f"{fn}: pairs file '{path}' is empty")
-    reader = csv.DictReader(text.splitlines())
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise ValueError(f"{fn}: pairs file '{path}' line {line} holds a NUL byte; it is not a text CSV")
+    try:
+        return _pairs_rows(fn, path, text)
+    except csv.Error as err:
+        raise ValueError(f"{fn}: pairs file '{path}' is not a readable CSV: {err}") from None
+
+
+def _pairs_rows(fn: str, path: Path, text: str) -> list[dict[str, Path]]:
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if len(line) > _MAX_CSV_CELL:
+            raise ValueError(
+                f"{fn}: pairs file '{path}' line {number} is {len(line)} characters long, more than the "
+                f"{_MAX_CSV_CELL} a row of file paths may have"
+            )
+    reader = csv.DictReader(lines)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in ("moving", "fixed") if c not in header]
     if missing:
@@ -513,6 +583,11 @@ def read_pairs_csv(path: PathLike) -> list[dict[str, Path]]:
         for col in columns:
             if not row.get(col):
                 raise ValueError(f"{fn}: pairs file '{path}' line {number}: empty '{col}' cell")
+            if len(row[col]) > _MAX_PATH:
+                raise ValueError(
+                    f"{fn}: pairs file '{path}' line {number}: the '{col}' cell is {len(row[col])} characters "
+                    f"long, more than any file path ({_MAX_PATH})"
+                )
             file = Path(row[col]).expanduser()
             if not file.is_absolute():
                 file = path.parent / file

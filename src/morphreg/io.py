@@ -33,9 +33,13 @@ naming the file and the problem; nibabel/numpy exceptions never escape.
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import re
 import secrets
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,8 @@ import numpy as np
 import torch
 from nibabel.filebasedimages import FileBasedHeader
 from scipy import ndimage
+
+from . import _limits
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -60,6 +66,9 @@ __all__ = [
     "load_warp",
     "resample_to",
     "same_grid",
+    "same_path",
+    "check_output_path",
+    "save_text",
     "save_volume",
     "save_warp",
     "split_ext",
@@ -86,6 +95,8 @@ _NAMES_KEY = "subjects"
 # FreeSurfer MGH stores only these; other dtypes are converted losslessly when possible.
 _MGH_DTYPES = (np.uint8, np.int16, np.int32, np.float32)
 _WARP_DIRECTION = "pull-back: moved(x)=moving(x+u(x))"
+# a training stack is kept in memory whole (and once more, normalised): it may take 1/4 of the limit
+_STACK_SHARE = 4
 
 
 class ImageReadError(ValueError):
@@ -211,6 +222,14 @@ def _normalise_dtype(fn: str, path: Path, data: np.ndarray) -> np.ndarray:
     if kind == "b":
         return data.astype(np.uint8)
     if kind == "f":
+        if data.dtype.itemsize > 4 and data.size:
+            _check_finite(fn, path, data)  # count NaN/inf before float32 turns large values into inf
+            biggest = float(np.abs(data).max())
+            if biggest > float(np.finfo(np.float32).max):
+                raise ImageReadError(
+                    f"{fn}: cannot use '{path}': its {data.dtype} values reach {biggest:.3g}, beyond the "
+                    f"float32 range (+-{float(np.finfo(np.float32).max):.3g}) morphreg computes in; rescale the image"
+                )
         return data.astype(np.float32, copy=False)
     if kind in "iu":
         return data
@@ -224,17 +243,105 @@ def _normalise_dtype(fn: str, path: Path, data: np.ndarray) -> np.ndarray:
 # Reading
 
 
+def _unreadable(fn: str, path: Path, detail: str) -> ImageReadError:
+    return ImageReadError(f"{fn}: cannot read '{path}': not a readable image (truncated or corrupt?): {detail}")
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape) if shape else "()"
+
+
+def _check_declared_size(
+    fn: str, path: Path, shape: tuple[int, ...], dtype: np.dtype, stored: int | None, *, share: int = 0
+) -> int:
+    """Refuse, before any allocation, data whose header-declared size cannot fit or is not there.
+
+    Args:
+        shape, dtype: as declared by the file's header.
+        stored: bytes of data the file actually holds after its header (``None``: unknown).
+        share: the budget is ``memory_limit() / share`` (default: one image's share).
+
+    Returns:
+        The declared data size in bytes.
+    """
+    voxels = math.prod(int(s) for s in shape)
+    nbytes = voxels * dtype.itemsize
+    in_memory = voxels * max(dtype.itemsize, 4)  # images are computed on as float32
+    budget = _limits.memory_limit() // (share or _limits.IMAGE_SHARE)
+    if in_memory > budget:
+        raise ImageReadError(
+            f"{fn}: cannot read '{path}': its header declares {_shape_text(shape)} voxels of {dtype} "
+            f"({_limits.format_bytes(in_memory)} in memory), more than the {_limits.format_bytes(budget)} one "
+            f"input may take (1/{share or _limits.IMAGE_SHARE} of the {_limits.budget_note()})"
+        )
+    if stored is not None and nbytes > stored:
+        raise _unreadable(
+            fn, path, f"its header declares {_shape_text(shape)} voxels of {dtype} "
+            f"({_limits.format_bytes(nbytes)}) but the file holds only {stored} bytes of data"
+        ) from None
+    return nbytes
+
+
+def _verify_gzip(fn: str, path: Path, expected: int) -> None:
+    """Decompress ``path`` to its end without keeping the data: checks every CRC and length.
+
+    nibabel reads only the bytes it needs, so without this a damaged ``.gz`` (a flipped bit
+    that ``gzip -t`` reports) would give half-wrong voxels. Stops as soon as the stream holds
+    more than ``expected`` bytes plus 64 MiB (a decompression bomb), or ends before ``expected``.
+    """
+    limit = expected + 64 * 2**20
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(4 * 2**20):
+                total += len(chunk)
+                if total > limit:
+                    raise _unreadable(
+                        fn, path, f"it decompresses to more than the {_limits.format_bytes(expected)} its header "
+                        "declares (a decompression bomb?)"
+                    ) from None
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise _unreadable(fn, path, f"damaged gzip data ({_first_line(err)})") from None
+    if total < expected:
+        raise _unreadable(fn, path, f"its data end after {total} of the {expected} bytes its header declares") from None
+
+
 def _read_nibabel(fn: str, path: Path) -> tuple[np.ndarray, np.ndarray, FileBasedHeader]:
     try:
-        img = nib.load(str(path), mmap=False)
+        img = nib.load(str(path), mmap=False)  # reads the header only
+        header = img.header
+        shape = tuple(int(s) for s in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset())  # the header copy says 0
+    except Exception as err:  # nibabel raises many types; none of them should escape
+        raise _unreadable(fn, path, _first_line(err)) from None
+    compressed = path.name.lower().endswith((".gz", ".mgz"))
+    stored = None if compressed else max(path.stat().st_size - offset, 0)
+    nbytes = _check_declared_size(fn, path, shape, dtype, stored)
+    if compressed:
+        _verify_gzip(fn, path, offset + nbytes)
+    try:
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
-        header = img.header
-    except Exception as err:  # nibabel raises many types; none of them should escape
-        raise ImageReadError(
-            f"{fn}: cannot read '{path}': not a readable image (truncated or corrupt?): {_first_line(err)}"
-        ) from None
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise _unreadable(fn, path, _first_line(err)) from None
     return np.asarray(data), affine, header
+
+
+def _check_geometry(fn: str, path: Path, affine: np.ndarray) -> None:
+    """Refuse a degenerate voxel-to-world matrix (a zero voxel size, a singular sform)."""
+    if not np.isfinite(affine).all():
+        raise ImageReadError(f"{fn}: cannot use '{path}': its affine contains NaN or inf")
+    singular = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if not singular.min() > 1e-6 * max(float(singular.max()), 1e-12):
+        sizes = ", ".join(f"{v:.3g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': its voxel-to-world affine is singular (voxel sizes {sizes} mm); "
+            "every axis needs a non-zero voxel size (for a 2D image too: set the third pixdim or sform "
+            "column), so fix the header's pixdim/sform/qform first"
+        )
 
 
 def _npz_pick(fn: str, path: Path, files: list[str], key: str | None) -> str:
@@ -252,19 +359,58 @@ def _npz_pick(fn: str, path: Path, files: list[str], key: str | None) -> str:
     )
 
 
+def _npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an ``.npy`` header (the stream is left at the data)."""
+    version = np.lib.format.read_magic(handle)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version in readers:
+        shape, _, dtype = readers[version](handle)
+    else:
+        shape, _, dtype = np.lib.format._read_array_header(handle, version)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _check_numpy_sizes(fn: str, path: Path, fmt: str, members: list[str], share: int) -> None:
+    """Check the declared shapes (and an ``.npz``'s declared uncompressed sizes) before loading."""
+    if fmt == "npy":
+        with open(path, "rb") as handle:
+            shape, dtype = _npy_header(handle)
+            stored = path.stat().st_size - handle.tell()
+        _check_declared_size(fn, path, shape, dtype, stored, share=share)
+        return
+    with zipfile.ZipFile(path) as archive:
+        for name in members:
+            info = archive.getinfo(f"{name}.npy")
+            budget = _limits.memory_limit() // share
+            if info.file_size > budget:
+                raise ImageReadError(
+                    f"{fn}: cannot read '{path}': array {name!r} declares {_limits.format_bytes(info.file_size)} "
+                    f"uncompressed, more than the {_limits.format_bytes(budget)} one input may take "
+                    f"(1/{share} of the {_limits.budget_note()})"
+                )
+            with archive.open(info) as handle:
+                shape, dtype = _npy_header(handle)
+                header_size = handle.tell()
+            _check_declared_size(fn, path, shape, dtype, info.file_size - header_size, share=share)
+
+
 def _read_numpy(
-    fn: str, path: Path, fmt: str, key: str | None, names_key: str | None = None
+    fn: str, path: Path, fmt: str, key: str | None, names_key: str | None = None, share: int = 0
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Return (array, names array or None)."""
+    share = share or _limits.IMAGE_SHARE
     try:
         if fmt == "npy":
+            _check_numpy_sizes(fn, path, fmt, [], share)
             return np.load(path, allow_pickle=False), None
         with np.load(path, allow_pickle=False) as npz:
             files = list(npz.files)
             chosen = _npz_pick(fn, path, files, key)
+            wanted = [chosen] + ([names_key] if names_key is not None and names_key in files else [])
+            _check_numpy_sizes(fn, path, fmt, wanted, share)
             names = npz[names_key] if names_key is not None and names_key in files else None
             return npz[chosen], names
-    except ImageReadError:
+    except (ImageReadError, MemoryError):
         raise
     except Exception as err:
         raise ImageReadError(
@@ -276,7 +422,7 @@ def _read_numpy(
 def _squeeze_spatial(fn: str, path: Path, data: np.ndarray) -> np.ndarray:
     """Drop a trailing singleton 4th axis, then a trailing singleton 3rd axis (2D image)."""
     original = data.shape
-    if data.ndim == 4 and data.shape[3] == 1:
+    while data.ndim > 3 and data.shape[-1] == 1:  # trailing singleton axes (X, Y, 1, 1, 1)
         data = data[..., 0]
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[..., 0]
@@ -321,10 +467,9 @@ def load_volume(path: PathLike, key: str | None = None) -> Volume:
     else:
         data = _read_numpy(fn, path, fmt, key)[0]
         affine = np.eye(4)
+    _check_geometry(fn, path, affine)
     data = _squeeze_spatial(fn, path, _normalise_dtype(fn, path, data))
     _check_finite(fn, path, data)
-    if not np.isfinite(affine).all():
-        raise ImageReadError(f"{fn}: cannot use '{path}': its affine contains NaN or inf")
     return Volume(np.ascontiguousarray(data), affine, header)
 
 
@@ -364,7 +509,7 @@ def load_stack(path: PathLike, key: str | None = None) -> ImageStack:
             f"{fn}: cannot read '{path}': a stack must be an .npy or .npz file (N, *spatial)"
         )
     _check_readable(fn, path)
-    data, names_arr = _read_numpy(fn, path, fmt, key, names_key=_NAMES_KEY)
+    data, names_arr = _read_numpy(fn, path, fmt, key, names_key=_NAMES_KEY, share=_STACK_SHARE)
     data = _normalise_dtype(fn, path, data)
     if data.ndim not in (3, 4) or data.size == 0:
         raise ImageReadError(
@@ -383,6 +528,49 @@ def load_stack(path: PathLike, key: str | None = None) -> ImageStack:
 
 # --------------------------------------------------------------------------------------------
 # Writing
+
+
+def check_output_path(path: PathLike, kind: str = "volume") -> Path:
+    """Check, before any work, that ``path`` can be written by :func:`save_volume` or :func:`save_warp`.
+
+    Args:
+        path: the output file.
+        kind: ``"volume"`` (any supported extension) or ``"warp"`` (``.nii``/``.nii.gz`` only).
+
+    Raises:
+        ValueError: an unknown extension, a warp that is not NIfTI, or an existing folder.
+    """
+    fn = "morphreg.io.check_output_path"
+    if kind not in ("volume", "warp"):
+        raise ValueError(f"{fn}: argument 'kind' must be 'volume' or 'warp', got {kind!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'out.nii.gz'}")
+    ext = split_ext(path)[1]
+    if not ext:
+        raise ValueError(
+            f"cannot write '{path}': unknown file extension; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    if kind == "warp" and _FORMATS[ext] != "nifti":
+        raise ValueError(f"cannot write '{path}': a warp field is written as NIfTI (.nii or .nii.gz), not {ext}")
+    return path
+
+
+def same_path(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name one file (after resolving links and ``..``; hard links too)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def save_text(text: str, path: PathLike) -> None:
+    """Write ``text`` to ``path`` atomically (the parent folder is created)."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -624,12 +812,17 @@ def load_warp(path: PathLike, units: str | None = None) -> WarpField:
     data, affine, header = _read_nibabel(fn, path)
     data = _normalise_dtype(fn, path, data)
     _check_finite(fn, path, data)
-    stated = None
+    _check_geometry(fn, path, affine)
+    found = {}
     for field in ("descrip", "intent_name"):
-        match = _UNITS_RE.search(bytes(np.asarray(header[field]).item()).decode("ascii", errors="replace"))
-        if match:
-            stated = match.group(1)
-            break
+        text = bytes(np.asarray(header[field]).item()).decode("ascii", errors="replace")
+        found.update({f"{field}: units={m}": m for m in _UNITS_RE.findall(text)})
+    if len(set(found.values())) > 1:
+        raise ImageReadError(
+            f"{fn}: cannot use '{path}': its header contradicts itself about the units of the field "
+            f"({', '.join(sorted(found))}); rewrite it with one unit"
+        )
+    stated = next(iter(found.values()), None)
     if stated is not None and units is not None and stated != units:
         raise ImageReadError(f"{fn}: '{path}' states units={stated}, but units={units!r} was given")
     units = stated or units

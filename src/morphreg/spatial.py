@@ -154,6 +154,13 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return second + warp(first, second, padding="border")
 
 
+#: The most scaling-and-squaring steps :func:`integrate` takes. The first step scales the velocity
+#: by ``2**-steps``: 20 steps bring a velocity of up to 500,000 voxels below half a voxel, far
+#: beyond any image, so more steps only add run time (one warp each) and interpolation blur,
+#: and ``2**steps`` overflows integer arithmetic from 63 on. voxelmorph uses 7.
+MAX_INT_STEPS = 20
+
+
 def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     """Exponential of a stationary velocity field by scaling and squaring.
 
@@ -161,14 +168,15 @@ def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
     Args:
         velocity: ``(B, ndim, *spatial)`` in voxels.
-        steps: number of squarings (``0`` returns the velocity unchanged).
+        steps: number of squarings in ``[0, MAX_INT_STEPS]`` (``0`` returns the velocity
+            unchanged).
 
     Returns:
         ``(B, ndim, *spatial)`` displacement of the diffeomorphism ``exp(velocity)``.
     """
     fn = "morphreg.spatial.integrate"
     check_field(fn, "velocity", velocity)
-    check_positive_int(fn, "steps", steps, minimum=0)
+    check_positive_int(fn, "steps", steps, minimum=0, maximum=MAX_INT_STEPS)
     disp = velocity / (2**steps)
     for _ in range(steps):
         disp = disp + warp(disp, disp, padding="border")

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from .. import _limits
+
 FORMAT = "morphreg-checkpoint-v1"
 _REGISTRY: dict[str, type[SavableModel]] = {}
 
@@ -43,6 +45,92 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
+#: torch.save stores its zip members uncompressed: declared sizes far above the file's own size
+#: (a decompression bomb) are refused.
+_MAX_ZIP_RATIO = 50
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose members declare more bytes than the budget, or a bomb."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (legacy format) or a broken one: torch.load reports it
+    budget = _limits.model_budget()
+    size = path.stat().st_size
+    if declared > budget:
+        raise CheckpointError(
+            f"checkpoint '{path}' declares {_limits.format_bytes(declared)} of data, more than the "
+            f"{_limits.format_bytes(budget)} a model may take (1/{_limits.MODEL_SHARE} of the {_limits.budget_note()})"
+        )
+    if declared > _MAX_ZIP_RATIO * size and declared > 2**24:
+        raise CheckpointError(
+            f"checkpoint '{path}' declares {_limits.format_bytes(declared)} of data in a "
+            f"{_limits.format_bytes(size)} file (compressed {declared / size:.0f}:1); PyTorch never compresses "
+            "checkpoints, so this is a decompression bomb or a corrupt file"
+        )
+
+
+def check_model_size(model_cls: type[SavableModel], config: dict[str, Any], source: str) -> SavableModel:
+    """The model of ``config`` on the meta device: shapes without memory, checked against the budget.
+
+    Raises:
+        CheckpointError: an invalid config, or weights larger than the model budget
+            (:func:`morphreg._limits.model_budget`). The message starts with ``source``.
+    """
+    name = model_cls.__name__
+    try:
+        with torch.device("meta"):
+            skeleton = model_cls(**config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source} has an invalid {name} config: {err}") from None
+    except RuntimeError as err:
+        raise CheckpointError(f"{source} has an unusable {name} config: {str(err).splitlines()[0][:160]}") from None
+    nbytes = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    budget = _limits.model_budget()
+    if nbytes > budget:
+        raise CheckpointError(
+            f"{source}: its {name} config ({_config_text(config)}) needs {_limits.format_bytes(nbytes)} of "
+            f"weights, more than the {_limits.format_bytes(budget)} a model may take "
+            f"(1/{_limits.MODEL_SHARE} of the {_limits.budget_note()})"
+        )
+    return skeleton
+
+
+def _config_text(config: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in config.items())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_weights(state_dict: Any, skeleton: nn.Module, name: str, source: str) -> None:
+    """Compare a state dict with the architecture's shapes, and refuse non-finite weights.
+
+    Runs before any real tensor of the architecture is allocated.
+    """
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{source}: its 'state_dict' is not a dictionary of tensors")
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        detail = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
+        raise CheckpointError(f"{source}: weights do not match the {name} architecture in its config ({detail})")
+    for key, shape in expected.items():
+        if tuple(state_dict[key].shape) != shape:
+            raise CheckpointError(
+                f"{source}: weights do not match the {name} architecture in its config (size mismatch for "
+                f"{key}: the checkpoint holds shape {tuple(state_dict[key].shape)}, the config needs {shape})"
+            )
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source} holds non-finite weights ({bad} NaN or infinite value(s) in '{key}'); "
+                "the network cannot register anything (the training that wrote it diverged)"
+            )
+
+
 def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; every failure becomes a ``CheckpointError``."""
     path = Path(path)
@@ -50,6 +138,7 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty")
+    _check_zip_sizes(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -127,6 +216,7 @@ class SavableModel(nn.Module):
         config = ckpt.get("config")
         if not isinstance(config, dict):
             raise CheckpointError(f"{source} has no model config")
+        check_weights(ckpt.get("state_dict"), check_model_size(model_cls, config, source), name, source)
         try:
             model = model_cls(**config)
         except (TypeError, ValueError) as err:

@@ -46,7 +46,8 @@ class VxmDense(SavableModel):
         ndim: 2 or 3 spatial dimensions.
         enc, dec: U-Net encoder and decoder widths (the paper's defaults).
         int_steps: 0 predicts a displacement; > 0 predicts a stationary velocity integrated
-            by scaling and squaring with this many steps (the diffeomorphic variant).
+            by scaling and squaring with this many steps (the diffeomorphic variant), at most
+            :data:`morphreg.spatial.MAX_INT_STEPS` (20).
         int_downsize: integrate at ``1/int_downsize`` resolution (1 or 2), then upsample.
         bidir: also warp the fixed image to the moving one (diffeomorphic models).
         in_channels: channels of each input image (1 for grey-level MRI).
@@ -68,7 +69,7 @@ class VxmDense(SavableModel):
         super().__init__()
         fn = "VxmDense"
         check_choice(fn, "ndim", ndim, (2, 3))
-        check_positive_int(fn, "int_steps", int_steps, minimum=0)
+        check_positive_int(fn, "int_steps", int_steps, minimum=0, maximum=spatial.MAX_INT_STEPS)
         check_choice(fn, "int_downsize", int_downsize, (1, 2, 4))
         check_positive_int(fn, "in_channels", in_channels)
         if bidir and int_steps == 0:
@@ -92,7 +93,8 @@ class VxmDense(SavableModel):
         self.multiple = 2 ** len(enc)
         self.unet = UNet(ndim, 2 * in_channels, enc, dec)
         self.flow = conv_class(ndim)(self.unet.out_channels, ndim, 3, padding=1)
-        nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
+        if not self.flow.weight.is_meta:  # a meta skeleton (checkpoint checks) holds no values to draw
+            nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.flow.bias)
         # channels-last weights and activations: oneDNN's fast convolution layout on CPUs
         # (1.2-1.4x faster inference, measured in benchmarks/bench_speed.py)

@@ -147,6 +147,11 @@ def run_adam(
     """Minimise ``objective()`` with Adam, cosine-decaying every group's lr to ``final_lr_ratio``.
 
     Appends the loss of every iteration to ``history`` (evaluated before the step).
+
+    Raises:
+        FloatingPointError: the loss is NaN or infinite (the optimisation diverged, e.g. for a
+            huge weight or learning rate). It is checked before ``backward()``: torch's CPU
+            ``grid_sample`` backward crashes the process on NaN sampling coordinates.
     """
     if iterations == 0:
         return
@@ -158,6 +163,11 @@ def run_adam(
             group["lr"] = lr0 * ratio
         optimizer.zero_grad(set_to_none=True)
         loss = objective()
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(
+                f"the optimisation diverged: its loss became {float(loss.detach()):g} at iteration {it + 1} of "
+                f"{iterations} (lr {lr:g}); lower the regularisation weight or the learning rate"
+            )
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))

@@ -42,42 +42,53 @@ def affine_step(transform: str, loss: str, pair: PairOnGrid, holder: Registratio
     return run
 
 
+def on_device(run: RegisterFn, device: torch.device | None) -> RegisterFn:
+    """``run`` with its inputs moved to ``device`` first (``None``: where they are)."""
+    if device is None:
+        return run
+    return lambda moving, fixed: run(moving.to(device), fixed.to(device))
+
+
 def classical_register_fn(
-    method: str, args: Any, pair: PairOnGrid, network: RegisterFn | None, affine_network: RegisterFn | None = None
+    method: str, args: Any, pair: PairOnGrid, network: RegisterFn | None, affine_network: RegisterFn | None = None,
+    device: torch.device | None = None,
 ) -> Registration:
     """The registration for ``method`` (``network``, ``affine``, ``rigid``, ``dense``, ``ffd``).
 
     ``args`` supplies ``loss`` and ``weight`` (``None``: per-method defaults) and ``affine``
     (prepend optimisation-based affine alignment to a network; ``affine_network`` replaces the
-    optimisation with a learned affine model).
+    optimisation with a learned affine model). Optimisation-based methods run on ``device``
+    (default: where the inputs are).
     """
     holder = Registration(lambda m, f: m)
+    run = _method_run(method, args, pair, network, affine_network, holder)
+    holder.run = run if method == "network" else on_device(run, device)
+    return holder
+
+
+def _method_run(method: str, args: Any, pair: PairOnGrid, network: RegisterFn | None,
+                affine_network: RegisterFn | None, holder: Registration) -> RegisterFn:
     loss = args.loss or DEFAULT_LOSS.get(method, "ncc")
     weight = DEFAULT_WEIGHT[loss] if args.weight is None else args.weight
     if method in ("affine", "rigid"):
-        holder.run = affine_step(method, loss, pair, holder)
-        return holder
+        return affine_step(method, loss, pair, holder)
     if method == "dense":
         # a stationary velocity field: same Dice as a displacement on OASIS 2D, without folding
-        holder.run = lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight, velocity=True).disp
-        return holder
+        return lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight, velocity=True).disp
     if method == "ffd":
-        holder.run = lambda m, f: optimize.register_ffd(m, f, loss=loss, weight=weight).disp
-        return holder
+        return lambda m, f: optimize.register_ffd(m, f, loss=loss, weight=weight).disp
     if network is None:
         raise ValueError(f"unknown registration method {method!r}")
     if not (args.affine or affine_network is not None):
-        holder.run = network
-        return holder
+        return network
     first = affine_network or affine_step("affine", "gncc", pair, holder)
 
     def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         affine_disp = first(moving, fixed)
         deformable = network(spatial.warp(moving, affine_disp), fixed)
-        return spatial.compose(affine_disp, deformable)
+        return spatial.compose(affine_disp, deformable.to(affine_disp.device))
 
-    holder.run = run
-    return holder
+    return run
 
 
 def refine_register_fn(register: RegisterFn, args: Any) -> Registration:
@@ -92,6 +103,7 @@ def refine_register_fn(register: RegisterFn, args: Any) -> Registration:
     def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         start = register(moving, fixed).detach().clone()
         refined.matrix_world = getattr(register, "matrix_world", None)
+        moving, fixed = moving.to(start.device), fixed.to(start.device)  # where the first field was made
         with torch.inference_mode(False), torch.enable_grad():
             return optimize.register_dense(moving, fixed, loss=loss, weight=weight, levels=1,
                                            iterations=args.optimize, init_disp=start).disp

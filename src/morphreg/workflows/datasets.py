@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..data import PairDataset, load_collection, read_pairs_csv, split_subjects
+from ..data import PairDataset, as_label_map, load_collection, read_pairs_csv, split_subjects
 
 
 @dataclass
@@ -31,16 +31,11 @@ def load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np
     """Label maps matching ``n`` images (integer arrays), or ``None`` without ``segs``."""
     if segs is None:
         return None
-    arrays, _ = load_collection(segs, key=seg_key)
+    arrays, names = load_collection(segs, key=seg_key)
     if len(arrays) != n:
         raise ValueError(f"--segs '{segs}' holds {len(arrays)} label maps but --data holds {n} images")
-    for i, seg in enumerate(arrays):
-        if seg.dtype.kind not in "iu":
-            if np.all(np.mod(seg, 1) == 0):
-                arrays[i] = seg.astype(np.int32)
-            else:
-                raise ValueError(f"--segs '{segs}': label map {i} is not integer-valued (dtype {seg.dtype})")
-    return arrays
+    return [as_label_map(seg, f"--segs '{segs}': label map {i} ({name})")
+            for i, (seg, name) in enumerate(zip(arrays, names))]
 
 
 def build_training_data(
@@ -70,12 +65,18 @@ def build_training_data(
     images, names = load_collection(data, key=key)
     seg_arrays = load_optional_segs(segs, seg_key, len(images))
     split = split_subjects(len(images), val_fraction=val_fraction, seed=seed)
+    if atlas is None and len(split.train) < 2:
+        raise ValueError(
+            f"--data '{data}' holds {len(images)} image(s); with --val-fraction {val_fraction:g}, "
+            f"{len(split.val)} of them validate and {len(split.train)} is left for training, but random "
+            "pairs need at least 2 training images: give more images or a smaller --val-fraction (0 for none)"
+        )
     n_labels = None if seg_arrays is None else int(max(int(s.max()) for s in seg_arrays)) + 1
     atlas_img = atlas_lab = None
     if atlas is not None:
         atlas_img = io.load_volume(atlas).data
         if atlas_seg is not None:
-            atlas_lab = io.load_volume(atlas_seg).data.astype(np.int32)
+            atlas_lab = as_label_map(io.load_volume(atlas_seg).data, f"--atlas-seg '{atlas_seg}'")
         elif seg_arrays is not None:
             raise ValueError("--atlas with --segs needs --atlas-seg (the atlas label map)")
     pairing = "atlas" if atlas is not None else "random"
@@ -98,20 +99,24 @@ def build_training_data(
 def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fraction: float, seed: int,
                     normalise: str | None, augment: bool) -> TrainingData:
     rows = read_pairs_csv(pairs_csv)
+    line = {id(row): number for number, row in enumerate(rows, start=2)}
     files: list[Path] = []
     for row in rows:
         for col in ("moving", "fixed"):
             if row[col] not in files:
                 files.append(row[col])
     index = {f: i for i, f in enumerate(files)}
-    images = [io.load_volume(f, key=key).data for f in files]
+    images = [io.load_volume(f, key=key if io.split_ext(f)[1] == ".npz" else None).data for f in files]
     has_segs = "moving_seg" in rows[0]
     segs = None
     if has_segs:
         seg_of: dict[int, np.ndarray] = {}
         for row in rows:
-            seg_of[index[row["moving"]]] = io.load_volume(row["moving_seg"], key=seg_key).data.astype(np.int32)
-            seg_of[index[row["fixed"]]] = io.load_volume(row["fixed_seg"], key=seg_key).data.astype(np.int32)
+            for col in ("moving", "fixed"):
+                file = row[f"{col}_seg"]
+                what = f"--pairs '{pairs_csv}' line {line[id(row)]}: {col}_seg '{file}'"
+                seg_key_of = seg_key if io.split_ext(file)[1] == ".npz" else None
+                seg_of[index[row[col]]] = as_label_map(io.load_volume(file, key=seg_key_of).data, what)
         segs = [seg_of[i] for i in range(len(files))]
     pairs = [(index[r["moving"]], index[r["fixed"]]) for r in rows]
     n_val = int(round(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
@@ -121,3 +126,29 @@ def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fr
     n_labels = None if segs is None else int(max(int(s.max()) for s in segs)) + 1
     names = [io.split_ext(f)[0] for f in files]
     return TrainingData(train, val, names, [], n_labels)
+
+
+#: The data options stored in a run's ``split.json`` and checked when it is resumed.
+SPLIT_OPTIONS = ("val_fraction", "val_pairs", "augment")
+
+
+def split_record(data: TrainingData, **options: object) -> dict[str, object]:
+    """What ``split.json`` holds: the training and validation subjects and the data options."""
+    return {"train": list(data.train_names), "val": list(data.val_names),
+            "options": {k: options[k] for k in SPLIT_OPTIONS if k in options}}
+
+
+def split_changes(saved: dict[str, object], record: dict[str, object]) -> dict[str, tuple[object, object]]:
+    """What differs between a run's saved ``split.json`` and the split asked for now.
+
+    Returns ``{option or "train"/"val": (saved, now)}``; subject lists are compared as lists.
+    """
+    changes: dict[str, tuple[object, object]] = {}
+    old_options = saved.get("options") if isinstance(saved.get("options"), dict) else {}
+    for key, value in record["options"].items():  # type: ignore[union-attr]
+        if key in old_options and old_options[key] != value:  # type: ignore[operator]
+            changes[key] = (old_options[key], value)  # type: ignore[index]
+    for key in ("train", "val"):
+        if key in saved and list(saved[key]) != list(record[key]):  # type: ignore[call-overload]
+            changes[key] = (saved[key], record[key])
+    return changes

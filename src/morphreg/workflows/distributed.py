@@ -31,15 +31,40 @@ class DistInfo:
         return self.world_size > 1
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer from a torchrun environment variable, with a clear error for anything else."""
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"environment variable {name} must be a non-negative integer (torchrun sets it), got {text!r}; "
+            f"unset it to run one process"
+        )
+    return value
+
+
+def check_env() -> None:
+    """Refuse malformed torchrun variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) before any work."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env_int(name, 0)
+
+
 def init_from_env(device: torch.device) -> DistInfo:
     """Initialise the process group if launched by torchrun with several processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistInfo()
+    local_rank = env_int("LOCAL_RANK", 0)
+    env_int("RANK", 0)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def current() -> DistInfo:

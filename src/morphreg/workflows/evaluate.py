@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 from .. import io, metrics, spatial
 from ..data import read_pairs_csv
 from . import distributed as dist_utils
-from .register import RegisterFn, load_pair, network_input
+from .register import RegisterFn, check_finite_field, load_pair, network_input
 
+#: The files :func:`evaluate_pairs` writes in its report folder (besides ``figures/``).
+REPORT_FILES = ("pairs.csv", "structures.csv", "summary.json")
 PAIR_COLUMNS = ("pair", "moving", "fixed", "dice_before", "dice_after", "hd95_before", "hd95_after",
                 "folding_pct", "sdlogj", "seconds")
 
@@ -57,7 +59,9 @@ def pairs_from_csv(
 def _load_rows(csv_path: str | os.PathLike[str], rows: list, normalise: str | None, ndim: int | None
                ) -> Iterator[EvalPair]:
     for i, row in enumerate(rows):
-        pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"))
+        where = f"--pairs '{csv_path}' line {i + 2}:"
+        names = {k: f"{where} {k}" for k in ("moving", "fixed", "moving_seg", "fixed_seg")}
+        pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"), names=names)
         if ndim is not None and pair.fixed.ndim != ndim:
             raise ValueError(f"pairs file '{csv_path}' line {i + 2}: images are {pair.fixed.ndim}D, expected {ndim}D")
         segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
@@ -116,10 +120,8 @@ def evaluate_pairs(
         initialised process group) the ranks register every ``world_size``-th pair each, the
         rows are gathered, and rank 0 alone writes the reports.
     """
-    from .. import viz  # figures only when evaluating
-
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    viz = _viz_or_none(figures)
+    out = Path(out_dir)  # created with the first thing written: a pair refused up front leaves nothing behind
     info = dist_utils.current()
     pair_rows: list[dict[str, Any]] = []
     structure_rows: list[dict[str, Any]] = []
@@ -127,6 +129,7 @@ def evaluate_pairs(
         if index % info.world_size != info.rank:  # under torchrun, ranks take turns
             continue
         disp = register(pair.moving, pair.fixed).detach().float().cpu()
+        check_finite_field(disp)
         seconds = getattr(register, "last_seconds", math.nan)
         row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
                                "folding_pct": float(metrics.folding_fraction(disp)[0]),
@@ -148,7 +151,8 @@ def evaluate_pairs(
                 structure_rows.append({"pair": pair.name, "label": label, "structure": name,
                                        "dice_before": b, "dice_after": a})
         pair_rows.append(row)
-        if index < figures:
+        if index < figures and viz is not None:
+            (out / "figures").mkdir(parents=True, exist_ok=True)
             stem = out / "figures" / f"pair{index:03d}"
             as_np = [t[0, 0].numpy() for t in (pair.fixed, pair.moving, moved)]
             segs = {}
@@ -171,15 +175,34 @@ def evaluate_pairs(
     summary["per_structure_dice_after"] = {k: _nan_stats(v)["mean"] for k, v in per_structure["after"].items()}
     if not info.is_main:
         return summary
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
     _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
     tmp = out / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
-    if structure_rows:
+    if structure_rows and viz is not None:
         viz.plot_dice_boxplot({"before": per_structure["before"], "after": per_structure["after"]},
                               out / "figures" / "dice_per_structure.png", title=f"{method}: Dice per structure")
     return summary
+
+
+def _viz_or_none(figures: int) -> Any:
+    """:mod:`morphreg.viz`, or ``None`` when matplotlib cannot load and no pair figure is asked for.
+
+    viz draws on Agg canvases only, but importing matplotlib fails for a bad ``MPLBACKEND``;
+    that must not refuse an evaluation that draws no figure (the box plot is then skipped).
+    """
+    try:
+        from .. import viz
+    except Exception as err:  # matplotlib raises ValueError, ImportError, ... at import
+        if figures > 0:
+            raise ValueError(
+                f"cannot draw figures: matplotlib does not load ({str(err).splitlines()[0][:160]}); "
+                "fix MPLBACKEND or ask for no figures (--figures 0)"
+            ) from None
+        return None
+    return viz
 
 
 def timed(register: RegisterFn) -> RegisterFn:

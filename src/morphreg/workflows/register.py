@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import io, metrics, spatial
-from ..data import normalise_intensity
+from ..data import as_label_map, normalise_intensity
 
 RegisterFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,14 +43,9 @@ class RegisteredPair:
     dice: metrics.LabelScores | None
 
 
-def _check_label_map(volume: io.Volume, path: str | Path, arg: str) -> None:
-    if volume.data.dtype.kind not in "iu":
-        if np.issubdtype(volume.data.dtype, np.floating) and np.all(np.mod(volume.data, 1) == 0):
-            volume.data = volume.data.astype(np.int32)
-            return
-        raise ValueError(
-            f"{arg} '{path}' must be an integer label map, got non-integer values of dtype {volume.data.dtype}"
-        )
+def _npz_key(path: str | Path, key: str | None) -> str | None:
+    """``key`` applies to ``.npz`` files only (a NIfTI may be paired with one array of an ``.npz``)."""
+    return key if io.split_ext(path)[1] == ".npz" else None
 
 
 def load_pair(
@@ -62,40 +57,50 @@ def load_pair(
     key: str | None = None,
     seg_key: str | None = None,
     resample: bool = True,
+    names: dict[str, str] | None = None,
 ) -> PairOnGrid:
     """Read a pair and put ``moving`` (and its labels) on ``fixed``'s grid.
 
     Args:
+        key, seg_key: array names for the ``.npz`` files among the images / label maps (other
+            formats ignore them; ``key`` given while no image is an ``.npz`` is refused).
         resample: resample ``moving`` onto ``fixed``'s grid when shapes or affines differ;
             ``False`` refuses such a pair instead.
+        names: how messages name the four inputs (keys ``moving``, ``fixed``, ``moving_seg``,
+            ``fixed_seg``); default the flags ``--moving``, ``--fixed``, ...
 
     Raises:
         ValueError: different dimensionality, a constant image, label maps that do not match
-            their image's grid, non-integer label maps, or different grids with
-            ``resample=False``.
+            their image's grid or break the label policy (:func:`morphreg.data.as_label_map`),
+            or different grids with ``resample=False``.
     """
-    moving_vol = io.load_volume(moving, key=key)
-    fixed_vol = io.load_volume(fixed, key=key)
+    label = {"moving": "--moving", "fixed": "--fixed", "moving_seg": "--moving-seg", "fixed_seg": "--fixed-seg",
+             **(names or {})}
+    if key is not None and not any(io.split_ext(p)[1] == ".npz" for p in (moving, fixed)):
+        raise ValueError(f"--npz-key {key!r} selects an array of an .npz file, but neither image is an .npz")
+    moving_vol = io.load_volume(moving, key=_npz_key(moving, key))
+    fixed_vol = io.load_volume(fixed, key=_npz_key(fixed, key))
     if moving_vol.ndim != fixed_vol.ndim:
         raise ValueError(
-            f"--moving '{moving}' is {moving_vol.ndim}D but --fixed '{fixed}' is {fixed_vol.ndim}D; "
-            "they must have the same dimensionality"
+            f"{label['moving']} '{moving}' is {moving_vol.ndim}D but {label['fixed']} '{fixed}' is "
+            f"{fixed_vol.ndim}D; they must have the same dimensionality"
         )
     for name, path, volume in (("moving", moving, moving_vol), ("fixed", fixed, fixed_vol)):
-        if volume.data.dtype.kind == "f" and float(volume.data.max()) == float(volume.data.min()):
+        if float(volume.data.max()) == float(volume.data.min()):  # integer images too
             raise ValueError(
-                f"--{name} '{path}' is a constant image (every voxel {float(volume.data.min()):g}); "
+                f"{label[name]} '{path}' is a constant image (every voxel {float(volume.data.min()):g}); "
                 "there is nothing to register"
             )
     segs: dict[str, io.Volume | None] = {"moving": None, "fixed": None}
     for name, path, image in (("moving", moving_seg, moving_vol), ("fixed", fixed_seg, fixed_vol)):
         if path is None:
             continue
-        seg = io.load_volume(path, key=seg_key)
-        _check_label_map(seg, path, f"--{name}-seg")
+        seg = io.load_volume(path, key=_npz_key(path, seg_key if seg_key is not None else key))
+        what = label[f"{name}_seg"]
+        seg.data = as_label_map(seg.data, f"{what} '{path}'")
         if not io.same_grid(seg, image):
             raise ValueError(
-                f"--{name}-seg '{path}' (shape {seg.shape}) is not on the grid of its image "
+                f"{what} '{path}' (shape {seg.shape}) is not on the grid of its image "
                 f"(shape {image.shape}, or a different affine)"
             )
         segs[name] = seg
@@ -110,6 +115,19 @@ def load_pair(
         if segs["moving"] is not None:
             segs["moving"] = io.resample_to(segs["moving"], fixed_vol, order=0)
     return PairOnGrid(moving_vol, fixed_vol, segs["moving"], segs["fixed"], resampled)
+
+
+def check_finite_field(disp: torch.Tensor) -> None:
+    """Raise ``FloatingPointError`` when a registration produced NaN or infinite displacements.
+
+    Nothing is written from such a field: the moved image would be all zeros or garbage.
+    """
+    bad = int((~torch.isfinite(disp)).sum())
+    if bad:
+        raise FloatingPointError(
+            f"the registration produced a displacement field with {bad} NaN or infinite value(s) of "
+            f"{disp.numel()} (the network's weights or the optimisation diverged); nothing was written"
+        )
 
 
 def network_register_fn(model: torch.nn.Module, device: torch.device) -> RegisterFn:
@@ -146,6 +164,7 @@ def register_pair(
     start = time.perf_counter()
     disp = register(moving, fixed).detach().float().cpu()
     seconds = time.perf_counter() - start
+    check_finite_field(disp)
     moved = spatial.warp(io.to_tensor(pair.moving).float(), disp)
     moved_seg = dice = None
     if pair.moving_seg is not None:

@@ -33,16 +33,37 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import losses, metrics, spatial
+from .. import _limits, losses, metrics, spatial
 from ..data import PairDataset
 from ..models import AffineNet, SavableModel, VxmDense
-from ..models.checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from ..models.checkpoint import CheckpointError, atomic_torch_save, check_model_size, safe_torch_load
 from . import distributed as dist_utils
 
 STATE_FORMAT = "morphreg-train-state-v1"
 DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "gncc": 1.0, "mi": 1.0}
 MODEL_TYPES = ("vxm", "affine")
 METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "lr", "val_dice", "val_loss", "seconds")
+#: The files a run writes in its folder.
+RUN_FILES = ("settings.json", "state.pt", "model.pt", "last.pt", "metrics.csv", "train.log", "split.json",
+             "training_curves.png")
+#: Settings that may change when a run is resumed: how long and where it runs, how often it
+#: reports. Every other setting defines the optimisation and must stay as the run began.
+RESUMABLE_CHANGES = ("steps", "max_minutes", "device", "threads", "val_every", "checkpoint_every", "log_every",
+                     "deterministic", "amp")
+
+
+class ResumeMismatch(ValueError):
+    """``resume`` was asked with settings that differ from the run's; ``changes`` lists them.
+
+    Attributes:
+        changes: ``{setting: (value the run began with, value asked for now)}``.
+    """
+
+    def __init__(self, run_dir: Path, changes: dict[str, tuple[Any, Any]]) -> None:
+        self.changes = changes
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        super().__init__(f"train: cannot resume '{run_dir}' with changed settings ({listed}); resume with the "
+                         "run's own settings or start a new run")
 
 
 @dataclass
@@ -131,9 +152,56 @@ class TrainResult(NamedTuple):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        ValueError: ``"cuda"`` on a machine (or a torch build) without CUDA, with one line that
+            says so, before anything is loaded onto it.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        raise ValueError(f"CUDA is not available on this machine ({build}, torch {torch.__version__}); "
+                         "use device cpu or auto")
+    return device
+
+
+def settings_changes(saved: dict[str, Any], settings: TrainSettings) -> dict[str, tuple[Any, Any]]:
+    """Settings of ``settings`` that differ from a run's ``saved`` ones and may not change on resume."""
+    requested = asdict(settings)
+    changes = {}
+    for key, value in requested.items():
+        if key in RESUMABLE_CHANGES or key not in saved:
+            continue
+        old = saved[key]
+        if isinstance(old, (list, tuple)) or isinstance(value, (list, tuple)):
+            same = list(old or []) == list(value or [])
+        else:
+            same = old == value
+        if not same:
+            changes[key] = (old, value)
+    return changes
+
+
+def check_resume(run_dir: str | os.PathLike[str], settings: TrainSettings) -> None:
+    """Refuse to resume ``run_dir`` with settings that differ from those it was started with.
+
+    Raises:
+        FileNotFoundError: no ``state.pt``.
+        ResumeMismatch: the changed settings, each with its old and new value.
+        CheckpointError: an unreadable state.
+    """
+    run_dir = Path(run_dir)
+    state_path = run_dir / "state.pt"
+    if not state_path.exists():
+        raise FileNotFoundError(f"train: --resume given but '{state_path}' does not exist")
+    saved = _load_state(state_path).get("settings")
+    if isinstance(saved, dict):
+        changes = settings_changes(saved, settings)
+        if changes:
+            raise ResumeMismatch(run_dir, changes)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -263,8 +331,14 @@ class _MetricsLog:
             pass
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.exists():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+            try:
+                with open(path, newline="", encoding="utf-8") as handle:
+                    rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+            except (csv.Error, ValueError, KeyError, TypeError) as err:  # NUL bytes, bad numbers, no header
+                raise ValueError(
+                    f"train: cannot resume: '{path}' is damaged ({str(err).splitlines()[0][:120]}); "
+                    "repair or delete it (the checkpoint state.pt does not need it)"
+                ) from None
         tmp = path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, METRIC_COLUMNS)
@@ -291,11 +365,52 @@ class _MetricsLog:
 
 
 def build_model(settings: TrainSettings, ndim: int) -> SavableModel:
-    """The network a run trains: ``VxmDense`` (default) or ``AffineNet`` (``model="affine"``)."""
+    """The network a run trains: ``VxmDense`` (default) or ``AffineNet`` (``model="affine"``).
+
+    Its size is checked against the memory budget (:mod:`morphreg._limits`) before any weight
+    is allocated.
+    """
     if settings.model == "affine":
-        return AffineNet(ndim)
-    return VxmDense(ndim, enc=settings.enc, dec=settings.dec, int_steps=settings.int_steps,
-                    int_downsize=settings.int_downsize, bidir=settings.bidir)
+        cls, config = AffineNet, {"ndim": ndim}
+    else:
+        cls, config = VxmDense, {"ndim": ndim, "enc": settings.enc, "dec": settings.dec,
+                                 "int_steps": settings.int_steps, "int_downsize": settings.int_downsize,
+                                 "bidir": settings.bidir}
+    check_model_size(cls, config, "train: the requested network")
+    return cls(**config)
+
+
+def _check_one_hot_budget(n_labels: int, batch: int, spatial_shape: tuple[int, ...]) -> None:
+    """The Dice loss one-hot encodes labels 0..n_labels-1: refuse label values it cannot hold."""
+    nbytes = 4 * 3 * n_labels * batch * math.prod(spatial_shape)  # moving, fixed and warped one-hots
+    budget = _limits.memory_limit() // _limits.MODEL_SHARE
+    if nbytes > budget:
+        raise ValueError(
+            f"train: the largest label value is {n_labels - 1}, so the Dice loss (--seg-weight) needs one-hot "
+            f"maps of {n_labels} channels ({_limits.format_bytes(nbytes)} per batch), more than "
+            f"{_limits.format_bytes(budget)} (1/{_limits.MODEL_SHARE} of the {_limits.budget_note()}); "
+            "relabel the maps to consecutive values 0..K"
+        )
+
+
+@torch.no_grad()
+def _check_not_diverged(model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int, last_saved: int,
+                        info: dist_utils.DistInfo) -> None:
+    """Before anything is saved: the weights, and the field they give for one pair, must be finite.
+
+    A huge step (e.g. ``lr=1e30``) can leave finite but absurd weights whose field overflows; the
+    loss of the step that made them was still finite, so the forward pass is what tells.
+    """
+    problem = next((f"the weights ('{name}')" for name, value in model.named_parameters()
+                    if not bool(torch.isfinite(value).all())), None)
+    if problem is None and not bool(torch.isfinite(model(batch["moving"][:1], batch["fixed"][:1]).disp).all()):
+        problem = "the field the network predicts"
+    flag = torch.tensor(0.0 if problem is None else 1.0)
+    if dist_utils.all_reduce_mean(flag, info).item() > 0:
+        raise FloatingPointError(
+            f"train: {problem or 'another rank'} became NaN or infinite by step {step}: training diverged; "
+            f"nothing was saved from this step on (last checkpoint: step {last_saved}); lower --lr or --lambda"
+        )
 
 
 def _save_state(path: Path, model: SavableModel, optimizer: torch.optim.Optimizer, step: int, best: float,
@@ -364,6 +479,7 @@ def train(
             raise ValueError("train: seg_weight > 0 needs label maps for the training images (--segs)")
         if n_labels is None:
             n_labels = int(max(int(s.max()) for s in train_set.segs)) + 1
+        _check_one_hot_budget(n_labels, settings.batch_size, tuple(sample["moving"].shape[1:]))
     n_labels = n_labels or 1
 
     torch.manual_seed(settings.seed)
@@ -375,6 +491,9 @@ def train(
         if not state_path.exists():
             raise FileNotFoundError(f"train: --resume given but '{state_path}' does not exist")
         state = _load_state(state_path)
+        changes = settings_changes(state.get("settings") or {}, settings)
+        if changes:
+            raise ResumeMismatch(run_dir, changes)
         saved = SavableModel.from_checkpoint(state["model"], source=str(state_path))
         if type(saved) is not type(model) or saved.config != model.config:
             raise ValueError(
@@ -412,6 +531,7 @@ def train(
     budget = math.inf if settings.max_minutes is None else 60.0 * settings.max_minutes
     meta = {"normalise": settings.normalise, "loss": settings.loss, "weight": settings.weight}
     end = settings.steps
+    last_saved = start
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
         for group in optimizer.param_groups:
@@ -419,11 +539,16 @@ def train(
         batch = _collate(train_set, _batch_indices(settings, step, len(train_set), info, order_cache), device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             parts = registration_loss(ddp_model, batch, settings, similarity, n_labels)
+        # before backward(): torch's CPU grid_sample backward crashes the process on NaN coordinates
+        diverged = torch.tensor(0.0 if bool(torch.isfinite(parts.total.detach())) else 1.0)
+        if dist_utils.all_reduce_mean(diverged, info).item() > 0:  # every rank stops together
+            raise FloatingPointError(
+                f"train: the loss became {parts.total.item():g} at step {step + 1}: training diverged; nothing "
+                f"was saved from this step on (last checkpoint: step {last_saved}); lower --lr or --lambda"
+            )
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
-        if not torch.isfinite(parts.total):
-            raise FloatingPointError(f"train: loss became {parts.total.item()} at step {step + 1}")
         running.append(LossParts(*(p.detach() for p in parts)))
         done = step + 1
         bar.update(1)
@@ -444,6 +569,7 @@ def train(
             bar.set_postfix(loss=f"{mean[0]:.4f}", sim=f"{mean[1]:.4f}", smooth=f"{mean[2]:.3g}",
                             seg=f"{mean[3]:.3g}")
             if is_val:
+                _check_not_diverged(model, batch, done, last_saved, info)
                 val_dice, val_loss = validate(model, val_set, similarity, device, info)
                 row.update(val_dice=val_dice, val_loss=val_loss)
                 score = val_dice if math.isfinite(val_dice) else -val_loss
@@ -455,9 +581,13 @@ def train(
                 logger.info("step %d val_dice %.4f val_loss %.4f", done, val_dice, val_loss)
             logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g", done, *mean)
             log.write(row)
-        if is_ckpt and info.is_main:
-            _save_state(state_path, model, optimizer, done, best, settings)
-            model.save(run_dir / "last.pt", metadata={**meta, "step": done})
+        if is_ckpt:
+            if not is_val:
+                _check_not_diverged(model, batch, done, last_saved, info)
+            if info.is_main:
+                _save_state(state_path, model, optimizer, done, best, settings)
+                model.save(run_dir / "last.pt", metadata={**meta, "step": done})
+            last_saved = done
         if is_last:
             if end < settings.steps:
                 logger.info("stopped at step %d: max_minutes=%s reached", done, settings.max_minutes)
