@@ -22,6 +22,7 @@ Usage::
 
     python benchmarks/bench_core.py            # print the Markdown tables
     python benchmarks/bench_core.py --write    # ... and write docs/results/core.md
+    python benchmarks/bench_core.py --threads 1 --write   # what docs/results/core.md holds
     python benchmarks/bench_core.py --quick    # small shapes, a smoke test of the script
 
 ``bench_speed.py`` imports the helpers defined here (timing, FLOP counting, matmul rate).
@@ -448,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_note = (
             f"**Floor.** The 3D network costs {d3['gflop']:.0f} GFLOP forward (convolutions only); at the "
             f"matmul rate measured in the same rounds ({d3['matmul_gflops']:.0f} GFLOP/s on "
-            f"{args.threads} threads) that is {fmt_s(floor_f)} forward and {fmt_s(3 * floor_f)} "
+            f"{args.threads} thread{'s' if args.threads > 1 else ''}) that is {fmt_s(floor_f)} forward and "
+            f"{fmt_s(3 * floor_f)} "
             f"forward+backward; VxmDense took {fmt_s(d3['forward_s'])} and {fmt_s(d3['fwd_bwd_s'])} "
             f"({d3['forward_s'] / floor_f:.2f}x and {d3['fwd_bwd_s'] / (3 * floor_f):.2f}x the floor). "
             "A float32 conv net on this CPU cannot beat the matmul rate by much, so a big speed-up "
@@ -457,10 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     facts_table = md_table(["fact", "value"], list(facts.items()))
+    command = "python benchmarks/bench_core.py" + " --quick" * args.quick
+    command += f" --threads {args.threads}" * (args.threads != 2) + " --write"
     report = f"""## Core benchmark (`benchmarks/bench_core.py`)
 
 Generated {datetime.date.today().isoformat()} by
-`python benchmarks/bench_core.py{" --quick" if args.quick else ""} --write` (total {elapsed / 60:.1f} min).
+`{command}` (total {elapsed / 60:.1f} min).
 CPU only, `torch.set_num_threads({args.threads})`. The machine is shared with other jobs, so absolute
 times drift by tens of percent: read the **ratios** (contenders timed in
 the same process, round-robin with the order reversed every round, medians).

@@ -1,12 +1,17 @@
 """Speed and memory of morphreg's VxmDense vs MONAI's VoxelMorph and voxelmorph 0.3.4 (issue 4, part 4).
 
 Same architecture everywhere: the paper's U-Net (enc 16,32,32,32; dec 32,32,32,32,32,16,16;
-3^ndim convs, LeakyReLU 0.2, max-pool down, nearest up, skip concatenation), a 3^ndim flow head,
-non-diffeomorphic, then a linear warp of the moving image. The script prints every model's parameter
-count and convolution FLOPs and checks, with copied weights, that the three nets compute the same
-field.
+3^ndim convs, in-place LeakyReLU 0.2, max-pool down, nearest up, skip concatenation), a 3^ndim
+flow head, non-diffeomorphic, then a linear warp of the moving image. The script prints every
+model's parameter count and convolution FLOPs and checks, with copied weights, that the three nets
+compute the same field.
 
-Measured, in one run (CPU, ``torch.set_num_threads(2)``):
+Every library is timed in its default memory layout and in the other one: morphreg's VxmDense is
+channels-last by default (and is also timed contiguous), MONAI and voxelmorph are contiguous by
+default (and are also timed channels-last), so the tables separate the layout from the
+architecture.
+
+Measured, in one run (CPU, ``torch.set_num_threads(--threads)``, default 2):
 
 1. inference per pair, 2D 160x192 and 3D 160x192x224, under ``torch.inference_mode``;
 2. one training step (forward + local NCC(9) + grad loss + backward + Adam step, batch 1), each
@@ -19,9 +24,10 @@ Measured, in one run (CPU, ``torch.set_num_threads(2)``):
 4. local NCC vs MSE cost (forward+backward of each library's loss on the moved image).
 
 Ratios are what count on a shared machine: in-process contenders are timed round-robin (the order
-reversed every round) and compared by median. Wall time and process CPU time are both reported;
-CPU time is far less disturbed by other jobs on the machine (it does not count time our threads
-wait while someone else runs), so the verdicts use it when the two disagree.
+reversed every round); a ratio is the median over rounds of the two contenders' times in the same
+round, reported with the interquartile range of those per-round ratios. Wall time and process CPU
+time are both reported; CPU time is far less disturbed by other jobs on the machine (it does not
+count time our threads wait while someone else runs), so ratios and verdicts use it.
 
 The floor is the network's convolution FLOPs divided by this machine's float32 matmul rate
 (``torch.mm`` 2048^2, timed in the same rounds); a training step's floor is 3x the forward FLOPs.
@@ -32,12 +38,12 @@ Install the peers without touching torch::
 
 Usage::
 
-    python benchmarks/bench_speed.py             # full run (~15 min on 2 shared cores)
-    python benchmarks/bench_speed.py --write     # ... and write docs/results/speed.md
-    python benchmarks/bench_speed.py --quick     # small shapes (smoke test, ~1 min)
+    python benchmarks/bench_speed.py             # full run (~25 min on 2 shared cores)
+    python benchmarks/bench_speed.py --threads 1 --write     # what docs/results/speed.md holds
+    python benchmarks/bench_speed.py --quick     # small shapes (smoke test, ~2 min)
     python benchmarks/bench_speed.py --device cuda --write   # GPU table (appended to speed.md)
     python benchmarks/bench_speed.py --compile   # also time torch.compile (2D only; slow to compile)
-    python benchmarks/bench_speed.py --proposals # also time monkeypatched morphreg fixes
+    python benchmarks/bench_speed.py --proposals # also time bf16 autocast (morphreg and MONAI)
 """
 
 from __future__ import annotations
@@ -141,33 +147,36 @@ def _channels_last(ndim: int) -> torch.memory_format:
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
-def make_morphreg(ndim: int, variant: str = "") -> Contender:
+LAYOUTS = {"": "default", "cl": "channels-last", "nchw": "contiguous"}
+
+
+def in_layout(c: Contender, ndim: int, layout: str) -> Contender:
+    """The contender with weights and inputs in ``layout`` ('' keeps the library's default)."""
+    if not layout:
+        return c
+    fmt = _channels_last(ndim) if layout == "cl" else torch.contiguous_format
+    c.model.to(memory_format=fmt)
+    c.memory_format = fmt
+    if hasattr(c.model, "memory_format"):  # morphreg's VxmDense converts its input to this format
+        c.model.memory_format = fmt
+    c.name = c.name.split(" (default")[0] + f", {LAYOUTS[layout]}"
+    c.note = (c.note + "; " if c.note else "") + f"weights and inputs in the {LAYOUTS[layout]} memory format"
+    return c
+
+
+def make_morphreg(ndim: int) -> Contender:
+    """The shipped ``VxmDense``: its default layout is channels-last (weights and activations)."""
     from morphreg import VxmDense
     from morphreg.losses import grad_loss, mse_loss, ncc_loss
 
     model = VxmDense(ndim, enc=ENC, dec=DEC)
-    fmt = torch.contiguous_format
-    name = "morphreg VxmDense"
-    note = ""
-    if "cl" in variant.split("+"):
-        fmt = _channels_last(ndim)
-        model = model.to(memory_format=fmt)
-        name += " channels_last"
-        note = "weights and inputs in channels_last memory format"
-    if "inplace" in variant.split("+"):
-        # proposed fix, tried by monkeypatch: in-place LeakyReLU, as MONAI and neurite do
-        for module in model.modules():
-            if isinstance(module, nn.LeakyReLU):
-                module.inplace = True
-        name += " +inplace LeakyReLU (patch)"
-        note = (note + "; " if note else "") + "monkeypatched: nn.LeakyReLU(0.2, inplace=True)"
 
     def moved_and_disp(m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = model(m, f)
         return out.moved, out.disp
 
     return Contender(
-        name=name,
+        name="morphreg VxmDense (default: channels-last)",
         model=model,
         infer=lambda m, f: model(m, f),
         field_of=lambda m, f: model.predict_field(m, f),
@@ -175,8 +184,7 @@ def make_morphreg(ndim: int, variant: str = "") -> Contender:
         ncc=lambda a, b: ncc_loss(a, b, window=9),
         mse=mse_loss,
         grad=lambda d: grad_loss(d, penalty="l2"),
-        memory_format=fmt,
-        note=note,
+        memory_format=model.memory_format,
     )
 
 
@@ -202,7 +210,7 @@ def make_monai(ndim: int) -> Contender:
         return moved, ddf
 
     return Contender(
-        name="MONAI VoxelMorph",
+        name="MONAI VoxelMorph (default: contiguous)",
         model=model,
         infer=lambda m, f: model(m, f),
         field_of=lambda m, f: model.backbone(torch.cat([m, f], dim=1)),
@@ -216,30 +224,13 @@ def make_monai(ndim: int) -> Contender:
 
 def make_voxelmorph(ndim: int) -> Contender:
     import neurite as ne
-    import voxelmorph as vxm
+    from study_peers import build_vxm_paper
 
-    act = nn.LeakyReLU(0.2, inplace=True)
-    # BasicUNet with [[down], [up]] features gives the paper's encoder and first five decoder convs
-    # (the last one at full resolution after the last skip). VxmPairwise then ends with a 1x1 conv
-    # to ndim channels and a 3^ndim ndim->ndim flow conv; to match the paper we replace that head by
-    # voxelmorph's/neurite's own blocks: 3^ndim 32->16, 16->16 (LeakyReLU) and a 3^ndim 16->ndim flow.
-    model = vxm.nn.models.VxmPairwise(
-        ndim,
-        source_channels=1,
-        target_channels=1,
-        nb_features=[list(ENC), list(DEC[: len(ENC)])],
-        activations=act,
-        integration_steps=0,
-        unet_kwargs={"upsample_mode": "nearest"},
-    )
-    widths = [DEC[len(ENC)], *DEC[len(ENC) + 1 :]]
-    model.model.out_layer = nn.Sequential(
-        *[ne.nn.modules.ConvBlock(ndim, cin, cout, activation=act) for cin, cout in zip(widths[:-1], widths[1:])]
-    )
-    flow = ne.nn.modules.ConvBlock(ndim, widths[-1], ndim)
-    nn.init.normal_(flow.conv0.weight, mean=0.0, std=1e-5)
-    nn.init.zeros_(flow.conv0.bias)
-    model.flow_layer = flow
+    # BasicUNet with [[down], [up]] features gives the paper's encoder and first four decoder convs;
+    # VxmPairwise's stock head (1x1 conv to ndim channels, 3^ndim ndim->ndim flow conv) is replaced
+    # by voxelmorph's/neurite's own blocks: 3^ndim 32->16, 16->16 (LeakyReLU) and a 3^ndim 16->ndim
+    # flow (study_peers.build_vxm_paper, the same network the OASIS study trains).
+    model = build_vxm_paper(ndim)
     ncc = ne.nn.modules.NCC(window_size=9)
     mse = ne.nn.modules.MSE()
     spatial_grad = ne.nn.modules.SpatialGradient(penalty="l2")
@@ -249,7 +240,7 @@ def make_voxelmorph(ndim: int) -> Contender:
         return moved, disp
 
     return Contender(
-        name="voxelmorph 0.3.4 VxmPairwise",
+        name="voxelmorph 0.3.4 VxmPairwise (default: contiguous)",
         model=model,
         infer=lambda m, f: model(m, f, return_warped_source=True),
         field_of=lambda m, f: model.flow_layer(model.model(torch.cat([m, f], dim=1))),
@@ -289,14 +280,14 @@ def with_bf16_autocast(c: Contender) -> Contender:
 
 
 BUILDERS: dict[str, Callable[[int], Contender]] = {
-    "morphreg": make_morphreg,
-    "morphreg-cl": lambda ndim: make_morphreg(ndim, "cl"),
-    "morphreg-inplace": lambda ndim: make_morphreg(ndim, "inplace"),
-    "morphreg-cl+inplace": lambda ndim: make_morphreg(ndim, "cl+inplace"),
-    "morphreg-cl+inplace+bf16": lambda ndim: with_bf16_autocast(make_morphreg(ndim, "cl+inplace")),
-    "monai": make_monai,
-    "monai-bf16": lambda ndim: with_bf16_autocast(make_monai(ndim)),
-    "voxelmorph": make_voxelmorph,
+    "morphreg": make_morphreg,  # shipped default: channels-last
+    "morphreg-nchw": lambda ndim: in_layout(make_morphreg(ndim), ndim, "nchw"),
+    "monai": make_monai,  # MONAI's default: contiguous
+    "monai-cl": lambda ndim: in_layout(make_monai(ndim), ndim, "cl"),
+    "voxelmorph": make_voxelmorph,  # voxelmorph's default: contiguous
+    "voxelmorph-cl": lambda ndim: in_layout(make_voxelmorph(ndim), ndim, "cl"),
+    "morphreg-bf16": lambda ndim: with_bf16_autocast(make_morphreg(ndim)),
+    "monai-cl-bf16": lambda ndim: with_bf16_autocast(in_layout(make_monai(ndim), ndim, "cl")),
 }
 
 
@@ -670,10 +661,27 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def verdict(ratio: float, target: float, better: str = "higher") -> str:
-    """'met' / 'MISSED by ...' for a speed-up (higher better) or a memory ratio (lower better)."""
+def paired_ratio(peer: Timing, this: Timing, cpu: bool = True) -> tuple[float, float, float]:
+    """Median and interquartile range over rounds of ``peer time / this time`` in the same round.
+
+    ``round_robin`` times every contender once per round, so the two lists are aligned; a round's
+    ratio cancels the slow drift of a shared machine that a ratio of medians would not.
+    """
+    import numpy as np
+
+    a = np.asarray(peer.cpu if cpu else peer.wall)
+    b = np.asarray(this.cpu if cpu else this.wall)
+    r = a / b
+    return float(np.median(r)), float(np.percentile(r, 25)), float(np.percentile(r, 75))
+
+
+def verdict(ratio: float, target: float, better: str = "higher", q: tuple[float, float] | None = None) -> str:
+    """'met' / 'MISSED by ...' for a speed-up (higher better) or a memory ratio (lower better);
+    'undecided' when the interquartile range ``q`` of the per-round ratios straddles the target."""
     digits = 3 if abs(ratio - target) < 0.01 else 2  # 1.498 must not print as a missed 1.50
     r = f"{ratio:.{digits}f}x"
+    if q is not None and q[0] < target <= q[1]:
+        return f"undecided ({r}, but the interquartile range {q[0]:.2f}-{q[1]:.2f} straddles {target:g}x)"
     if better == "higher":
         if ratio >= target:
             return f"met ({r} >= {target:g}x)"
@@ -690,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(VxmDense) in 2D")
-    parser.add_argument("--proposals", action="store_true", help="also time monkeypatched fixes (in-place LeakyReLU)")
+    parser.add_argument("--proposals", action="store_true", help="also time bf16 autocast (morphreg and MONAI)")
     parser.add_argument("--skip-3d", action="store_true", help="2D only")
     # internal: one training step in a fresh process
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -717,21 +725,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.quick:
         s2, s3 = (64, 80), (32, 48, 64)
-        reps = {"inf2": 4, "train2": 3, "inf3": 2, "loss": 2}
+        reps = {"inf2": 5, "train2": 5, "inf3": 3, "loss": 2}
     else:
         s2, s3 = (160, 192), (160, 192, 224)
-        reps = {"inf2": 10, "train2": 6, "inf3": 2, "loss": 3}
+        reps = {"inf2": 20, "train2": 20, "inf3": 3, "loss": 3}
     if on_gpu:
         reps = {"inf2": 30, "train2": 20, "inf3": 10, "loss": 10}
-    peers = ["monai", "voxelmorph"]
-    ours = ["morphreg", "morphreg-cl"] if not on_gpu else ["morphreg"]
-    extra_peers = []
+    # every library in its default layout and in the other one (channels-last for the peers,
+    # contiguous for morphreg, whose default is channels-last)
+    keys = ["morphreg", "morphreg-nchw", "monai", "monai-cl", "voxelmorph", "voxelmorph-cl"]
+    peer_layouts = {"MONAI": ("monai", "monai-cl"), "voxelmorph": ("voxelmorph", "voxelmorph-cl")}
     if args.proposals:
-        ours += ["morphreg-inplace", "morphreg-cl+inplace"] if not on_gpu else ["morphreg-inplace"]
-        ours += ["morphreg-cl+inplace+bf16"]
-        extra_peers = ["monai-bf16"]
-    keys = ours + peers + extra_peers
-    ratios_of = [k for k in ("morphreg", "morphreg-cl") if k in keys]  # shipped variants only
+        keys += ["morphreg-bf16", "monai-cl-bf16"]
+    shipped = "morphreg"
 
     # 0. architecture check (2D, cheap)
     print("bench_speed: architecture check", file=sys.stderr)
@@ -740,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 1. 2D inference (+ optional compile)
     print("bench_speed: 2D inference", file=sys.stderr)
-    inf2, cs2, flops2, rate2 = inference_bench(keys, s2, reps["inf2"], 1, device)
+    inf2, cs2, flops2, rate2 = inference_bench(keys, s2, reps["inf2"], 2, device)
     compile_row = None
     if args.compile:
         print("bench_speed: torch.compile (2D)", file=sys.stderr)
@@ -767,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 2. 2D training step (NCC and MSE)
     print("bench_speed: 2D training step", file=sys.stderr)
-    train2 = training_bench(keys, s2, reps["train2"], 1, device, losses=("ncc", "mse"))
+    train2 = training_bench(keys, s2, reps["train2"], 2, device, losses=("ncc", "mse"))
 
     # 3. loss costs (3D size unless skipped)
     # NCC/MSE cost ratios hardly depend on size; a 3D volume of 1/8 the voxels keeps MONAI's LNCC
@@ -782,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flops3 = rate3 = float("nan")
     if not args.skip_3d:
         print("bench_speed: 3D inference", file=sys.stderr)
-        inf3, _, flops3, rate3 = inference_bench(keys, s3, reps["inf3"], 0 if not on_gpu else 1, device)
+        inf3, _, flops3, rate3 = inference_bench(keys, s3, reps["inf3"], 1, device)
         print("bench_speed: 3D training step, one process per contender", file=sys.stderr)
         mem3 = {}
         for k in keys:
@@ -798,16 +804,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # ---------------- tables ----------------
     label = {k: (cs2[k].name) for k in keys}
-    where = "GPU" if on_gpu else f"CPU, {args.threads} threads"
+    library = {"morphreg": "morphreg", "monai": "MONAI", "voxelmorph": "voxelmorph 0.3.4"}
+    where = "GPU" if on_gpu else f"CPU, {args.threads} thread{'s' if args.threads > 1 else ''}"
+    clock = "wall" if on_gpu else "CPU"
 
-    def speed_rows(t: dict[str, Timing], flops: float, rate: float, floor_mult: float = 1.0) -> list[list[str]]:
+    def ratio_cell(peer: Timing, this: Timing) -> str:
+        """Per-round ratio peer/this (median, interquartile range) on the verdict clock."""
+        med, q1, q3 = paired_ratio(peer, this, cpu=not on_gpu)
+        return f"{med:.2f}x ({q1:.2f}-{q3:.2f})"
+
+    def speed_rows(t: dict[str, Timing], flops: float, rate: float) -> list[list[str]]:
         rows = []
-        floor = floor_mult * flops / rate
+        floor = flops / rate
         for k in keys:
             row = [label[k], fmt_s(t[k].w), fmt_s(t[k].c) if not on_gpu else "-"]
-            for peer in peers:
-                wall_r, cpu_r = t[peer].w / t[k].w, t[peer].c / t[k].c
-                row.append(f"{wall_r:.2f}x" if on_gpu else f"{wall_r:.2f}x / {cpu_r:.2f}x")
+            for default, cl in peer_layouts.values():
+                row.append(ratio_cell(t[default], t[k]))
+                row.append(ratio_cell(t[cl], t[k]))
             row.append(f"{t[k].w / floor:.1f}x")
             rows.append(row)
         return rows
@@ -816,8 +829,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "contender",
         "wall (median)",
         "CPU time (median)",
-        "MONAI time / this (wall / CPU)",
-        "voxelmorph time / this (wall / CPU)",
+        f"MONAI default / this ({clock})",
+        f"MONAI channels-last / this ({clock})",
+        f"voxelmorph default / this ({clock})",
+        f"voxelmorph channels-last / this ({clock})",
         "wall / floor",
     ]
 
@@ -837,9 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "contender becomes contention-bound and the ratios are compressed towards 1.*\n"
             )
         inf_text.append(
-            f"**{lab}** ({len(t[keys[0]].wall)} runs each; conv FLOPs {fl / 1e9:.1f} GFLOP; "
+            f"**{lab}** ({len(t[keys[0]].wall)} rounds; conv FLOPs {fl / 1e9:.1f} GFLOP; "
             f"matmul {rt / 1e9:.0f} GFLOP/s in the same rounds; floor {fmt_s(floor)})\n\n"
             + md_table(speed_header, speed_rows(t, fl, rt))
+            + "\n"
         )
 
     # training (2D in-process)
@@ -848,20 +864,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in keys:
         tn, tm = train2[(k, "ncc")], train2[(k, "mse")]
         row = [label[k], fmt_s(tn.w), fmt_s(tn.c) if not on_gpu else "-"]
-        for peer in peers:
-            pn = train2[(peer, "ncc")]
-            row.append(f"{pn.w / tn.w:.2f}x / {pn.c / tn.c:.2f}x" if not on_gpu else f"{pn.w / tn.w:.2f}x")
-        row += [fmt_s(tm.w), f"{tn.w / tm.w:.2f}x / {tn.c / tm.c:.2f}x", f"{tn.w / floor_tr2:.1f}x"]
+        for default, cl in peer_layouts.values():
+            row.append(ratio_cell(train2[(default, "ncc")], tn))
+            row.append(ratio_cell(train2[(cl, "ncc")], tn))
+        row += [fmt_s(tm.c if not on_gpu else tm.w), ratio_cell(tn, tm), f"{tn.w / floor_tr2:.1f}x"]
         tr_rows.append(row)
     train_table = md_table(
         [
             "contender",
             "NCC step wall",
             "NCC step CPU",
-            "MONAI / this (wall / CPU)",
-            "voxelmorph / this (wall / CPU)",
-            "MSE step wall",
-            "NCC step / MSE step (wall / CPU)",
+            f"MONAI default / this ({clock})",
+            f"MONAI channels-last / this ({clock})",
+            f"voxelmorph default / this ({clock})",
+            f"voxelmorph channels-last / this ({clock})",
+            f"MSE step ({clock})",
+            f"NCC step / MSE step ({clock})",
             "NCC step wall / floor",
         ],
         tr_rows,
@@ -878,12 +896,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label[k],
                 gib(r["delta"]),
                 f"{r['delta'] / mem3['monai']['delta']:.2f}x",
+                f"{r['delta'] / mem3['monai-cl']['delta']:.2f}x",
                 f"{r['delta'] / mem3['voxelmorph']['delta']:.2f}x",
                 gib(r["saved_bytes"]) if r["saved_bytes"] == r["saved_bytes"] else "-",
                 fmt_s(r["wall"]),
                 fmt_s(r["cpu"]) if not on_gpu else "-",
-                f"{mem3['monai']['wall'] / r['wall']:.2f}x / {mem3['monai']['cpu'] / r['cpu']:.2f}x",
-                f"{mem3['voxelmorph']['wall'] / r['wall']:.2f}x / {mem3['voxelmorph']['cpu'] / r['cpu']:.2f}x",
+                f"{mem3['monai'][clock.lower()] / r[clock.lower()]:.2f}x",
+                f"{mem3['monai-cl'][clock.lower()] / r[clock.lower()]:.2f}x",
                 f"{r['wall'] / floor3:.1f}x",
             ]
             rows.append(row)
@@ -891,13 +910,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 "contender",
                 "peak memory of one step" + (" (RSS high-water increase)" if not on_gpu else " (max_memory_allocated)"),
-                "/ MONAI",
-                "/ voxelmorph",
+                "/ MONAI default",
+                "/ MONAI channels-last",
+                "/ voxelmorph default",
                 "saved for backward",
                 "step wall",
                 "step CPU",
-                "MONAI / this time (wall / CPU)",
-                "voxelmorph / this time (wall / CPU)",
+                f"MONAI default / this ({clock})",
+                f"MONAI channels-last / this ({clock})",
                 "wall / floor",
             ],
             rows,
@@ -908,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tn, tm = losses[(k, "ncc")], losses[(k, "mse")]
         loss_rows.append(
             [
-                label[k],
+                library[k],
                 fmt_s(tn.w),
                 fmt_s(tm.w),
                 f"{tn.w / tm.w:.1f}x / {tn.c / tm.c:.1f}x",
@@ -927,56 +947,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     # ---------------- targets ----------------
+    # the shipped VxmDense against each peer in its default layout (what a user of that library
+    # gets) and in channels-last (the architecture-level comparison: same layout on both sides)
     targets = []
 
-    def best_ratio(t: dict[str, Timing], k: str, peer: str) -> tuple[float, float]:
-        return t[peer].w / t[k].w, t[peer].c / t[k].c
+    def add_paired(what: str, peer_key: str, this: Timing, peer: Timing, target: float) -> None:
+        med, q1, q3 = paired_ratio(peer, this, cpu=not on_gpu)
+        targets.append([what, label[peer_key], f"{med:.2f}x ({q1:.2f}-{q3:.2f})", verdict(med, target, q=(q1, q3))])
 
-    def add_target(
-        what: str, k: str, wall_ratio: float, cpu_ratio: float, target: float, better: str = "higher"
-    ) -> None:
-        if on_gpu:
-            targets.append([what, label[k], f"{wall_ratio:.2f}x", verdict(wall_ratio, target, better)])
-        else:
-            targets.append(
-                [what, label[k], f"{wall_ratio:.2f}x / {cpu_ratio:.2f}x", verdict(cpu_ratio, target, better)]
-            )
-
-    for k in ratios_of:
-        w, c = best_ratio(inf2, k, "monai")
-        add_target("2D inference >= 2x faster than MONAI", k, w, c, 2.0)
+    for peer_key in ("monai", "monai-cl"):
+        add_paired("2D inference >= 2x faster than MONAI", peer_key, inf2[shipped], inf2[peer_key], 2.0)
         if inf3 is not None:
-            w, c = best_ratio(inf3, k, "monai")
-            add_target("3D inference >= 2x faster than MONAI", k, w, c, 2.0)
-        tn, pn = train2[(k, "ncc")], train2[("monai", "ncc")]
-        add_target("2D training step >= 1.5x faster than MONAI", k, pn.w / tn.w, pn.c / tn.c, 1.5)
+            add_paired("3D inference >= 2x faster than MONAI", peer_key, inf3[shipped], inf3[peer_key], 2.0)
+        add_paired(
+            "2D training step >= 1.5x faster than MONAI",
+            peer_key,
+            train2[(shipped, "ncc")],
+            train2[(peer_key, "ncc")],
+            1.5,
+        )
         if mem3 is not None:
-            r, p = mem3[k], mem3["monai"]
-            add_target(
-                "3D training step >= 1.5x faster than MONAI (1 step each, separate processes)",
-                k,
-                p["wall"] / r["wall"],
-                p["cpu"] / r["cpu"],
-                1.5,
-            )
-        w, c = best_ratio(inf2, k, "voxelmorph")
-        add_target("2D inference faster than voxelmorph 0.3.4", k, w, c, 1.0)
-        if inf3 is not None:
-            w, c = best_ratio(inf3, k, "voxelmorph")
-            add_target("3D inference faster than voxelmorph 0.3.4", k, w, c, 1.0)
-        tn, pn = train2[(k, "ncc")], train2[("voxelmorph", "ncc")]
-        add_target("2D training step faster than voxelmorph 0.3.4", k, pn.w / tn.w, pn.c / tn.c, 1.0)
-        if mem3 is not None:
-            ratio = mem3[k]["delta"] / mem3["monai"]["delta"]
+            ratio = mem3[peer_key][clock.lower()] / mem3[shipped][clock.lower()]
             targets.append(
-                ["3D training-step peak memory <= 0.7x MONAI", label[k], f"{ratio:.2f}x", verdict(ratio, 0.7, "lower")]
+                [
+                    "3D training step >= 1.5x faster than MONAI (1 step each, separate processes)",
+                    label[peer_key],
+                    f"{ratio:.2f}x (one run)",
+                    verdict(ratio, 1.5),
+                ]
             )
+            ratio = mem3[shipped]["delta"] / mem3[peer_key]["delta"]
+            targets.append(
+                [
+                    "3D training-step peak memory <= 0.7x MONAI",
+                    label[peer_key],
+                    f"{ratio:.2f}x",
+                    verdict(ratio, 0.7, "lower"),
+                ]
+            )
+    for peer_key in ("voxelmorph", "voxelmorph-cl"):
+        add_paired("2D inference faster than voxelmorph 0.3.4", peer_key, inf2[shipped], inf2[peer_key], 1.0)
+        if inf3 is not None:
+            add_paired("3D inference faster than voxelmorph 0.3.4", peer_key, inf3[shipped], inf3[peer_key], 1.0)
+        add_paired(
+            "2D training step faster than voxelmorph 0.3.4",
+            peer_key,
+            train2[(shipped, "ncc")],
+            train2[(peer_key, "ncc")],
+            1.0,
+        )
     target_table = md_table(
         [
-            "target",
-            "contender",
-            "measured ratio" + (" (wall / CPU)" if not on_gpu else ""),
-            "verdict" + (" (on CPU time)" if not on_gpu else ""),
+            "target (shipped VxmDense, channels-last)",
+            "against",
+            f"ratio, {clock} time: median of rounds (interquartile range)",
+            "verdict",
         ],
         targets,
     )
@@ -996,6 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {flag}"
         for flag, on in (
             ("--quick", args.quick),
+            (f"--threads {args.threads}", args.threads != 2),
             (f"--device {args.device}", on_gpu),
             ("--compile", args.compile),
             ("--proposals", args.proposals),
@@ -1007,12 +1033,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     proposals_text = ""
     if args.proposals:
         proposals_text = (
-            "**Proposal rows** (`--proposals`; not shipped code): *+inplace LeakyReLU (patch)* sets "
-            "`inplace=True` on every `nn.LeakyReLU` of `VxmDense` at run time (the fix proposed for "
-            "`morphreg/models/layers.py::ConvBlock`); *bf16 autocast* runs the network under "
+            "**Proposal rows** (`--proposals`; not shipped code): *bf16 autocast* runs the network under "
             "`torch.autocast(bfloat16)` with the losses in float32 - a precision change, so it is "
-            "listed next to MONAI under the same autocast (*MONAI VoxelMorph bf16 autocast*). The "
-            "target verdicts below use only the shipped variants.\n\n"
+            "listed next to MONAI (channels-last) under the same autocast. The target verdicts below "
+            "use only the shipped VxmDense.\n\n"
         )
     if on_gpu:
         method_text = (
@@ -1038,10 +1062,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = f"""## Speed and memory: morphreg vs MONAI vs voxelmorph 0.3.4 ({where})
 
 Generated {datetime.date.today().isoformat()} by `{cmd}` (total {elapsed / 60:.1f} min).
-The machine is shared with other jobs: absolute times drift, so read the **ratios** (in-process
-contenders timed round-robin, order reversed every round, medians). "CPU time" is the process CPU
-time of the same runs; it is much less disturbed by other jobs than wall time, so the verdicts use
-it where the two disagree. "x MONAI" columns read *MONAI's time / this time* (> 1: this is faster).
+The machine is shared with other jobs: absolute times drift, so read the **ratios**. In-process
+contenders are timed round-robin (every contender once per round, the order reversed every round);
+a ratio cell is the median over rounds of *peer's time / this contender's time in the same round*
+(> 1: this is faster), with the interquartile range of those per-round ratios in brackets: a wide
+range means the comparison is noise-dominated. "CPU time" is the process CPU time of the same
+runs; other jobs disturb it far less than wall time, so the ratios and verdicts use it (wall time
+on a GPU).
+
+**Layouts.** morphreg's `VxmDense` keeps its weights and activations in the channels-last memory
+format by default (oneDNN's fast convolution layout on CPUs); MONAI and voxelmorph use PyTorch's
+default contiguous (NCHW/NCDHW) layout. Every contender is timed in its library's default layout
+*and* in the other one (`model.to(memory_format=...)`, inputs converted the same way), so that
+"MONAI channels-last / this" is the architecture-level comparison (same network, same layout),
+and "MONAI default / this" is what a user of each library gets out of the box.
 
 ### Machine and versions
 
@@ -1056,11 +1090,14 @@ nearest up; a 3^ndim flow conv (N(0, 1e-5) init); non-diffeomorphic; linear warp
 MONAI: `VoxelMorph(VoxelMorphUNet(channels=(16,32,32,32,32,32,32,32), unet_out_channels=32,
 final_conv_channels=(16,16)), integration_steps=0)` (its docstring example with 3 levels,
 extended to the paper's 4). voxelmorph 0.3.4: `VxmPairwise(nb_features=[[16,32,32,32],[32,32,32,32]],
-activations=LeakyReLU(0.2), integration_steps=0, unet_kwargs=dict(upsample_mode="nearest"))`, whose
-stock head (1x1 conv 32->ndim, then 3^ndim ndim->ndim) we replace by its own `ConvBlock`s
-3^ndim 32->16, 16->16 and a 3^ndim 16->ndim flow conv, the paper's head. Differences that remain:
-warp padding (morphreg border, MONAI and voxelmorph zeros), in-place activations (MONAI, neurite)
-vs out-of-place (morphreg), and the regulariser (MONAI: central differences; others forward).
+activations=LeakyReLU(0.2, inplace=True), integration_steps=0, unet_kwargs=dict(upsample_mode="nearest"))`,
+whose stock head (1x1 conv 32->ndim, then 3^ndim ndim->ndim) we replace by its own `ConvBlock`s
+3^ndim 32->16, 16->16 and a 3^ndim 16->ndim flow conv, the paper's head
+(`benchmarks/study_peers.py::build_vxm_paper`, the network the OASIS study trains as
+"voxelmorph 0.3.4, paper architecture"). All three use in-place LeakyReLU activations
+(morphreg: `nn.LeakyReLU(0.2, inplace=True)` in `morphreg/models/layers.py::ConvBlock`).
+Differences that remain: the default memory layout (above), warp padding (morphreg border, MONAI
+and voxelmorph zeros), and the regulariser (MONAI: central differences; others forward).
 Check: morphreg's conv weights copied (in execution order) into the peers (MONAI concatenates
 [skip, upsampled] where the others concatenate [upsampled, skip], so its post-concatenation weights
 are permuted accordingly), then the raw network fields compared; 2D {"x".join(map(str, s2))} and
@@ -1076,7 +1113,8 @@ are permuted accordingly), then the raw network fields compared; 2D {"x".join(ma
 {compile_text}
 ### One training step, 2D (forward + sim + {LAMBDA:g} x grad + backward + Adam), batch 1
 
-{reps["train2"]} runs each. Each library's own losses: morphreg `ncc_loss` + `grad_loss`; MONAI
+{reps["train2"]} rounds after 2 warm-up rounds, every contender and loss interleaved in each round.
+Each library's own losses: morphreg `ncc_loss` + `grad_loss`; MONAI
 `LocalNormalizedCrossCorrelationLoss(kernel_size=9)` + `DiffusionLoss`; voxelmorph/neurite `NCC(9)` +
 `SpatialGradient('l2')`. MSE step: morphreg `mse_loss`, MONAI `F.mse_loss`, neurite `MSE`.
 Floor = 3 x conv FLOPs / matmul rate = {fmt_s(floor_tr2)}.
@@ -1094,6 +1132,10 @@ Floor = 3 x conv FLOPs / matmul rate = {fmt_s(floor_tr2)}.
 {loss_table}
 
 ### Targets
+
+The shipped `VxmDense` (channels-last, its default) against each peer in its default layout and in
+channels-last. A verdict is *undecided* when the interquartile range of the per-round ratios
+straddles the target.
 
 {target_table}
 """

@@ -42,7 +42,7 @@ python benchmarks/study_oasis2d.py list --train-args | while IFS='|' read -r nam
 --seed 0 --val-fraction 0.2 --val-every $STEPS --checkpoint-every $STEPS --no-progress --out $S/runs/$name \
 > $S/logs/train_$name.log 2>&1 && $(ev "$name")" >> "$JOBS"
 done
-for peer in vxm034 monai; do
+for peer in vxm034 vxm034_paper monai; do
   echo "python -W ignore benchmarks/study_oasis2d.py train-peer --method $peer --steps $STEPS > $S/logs/train_$peer.log 2>&1 && $(ev $peer)" >> "$JOBS"
 done
 echo "$(ev ants_syn)" >> "$JOBS"

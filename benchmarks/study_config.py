@@ -72,6 +72,16 @@ def methods_2d() -> list[Method]:
         Method(
             "vxm034", "voxelmorph 0.3.4 VxmPairwise", "peer", "peer", peer="vxm", run="peer_vxm", loss="ncc", weight=1.0
         ),
+        Method(
+            "vxm034_paper",
+            "voxelmorph 0.3.4 VxmPairwise, paper architecture",
+            "peer",
+            "peer",
+            peer="vxm_paper",
+            run="peer_vxm_paper",
+            loss="ncc",
+            weight=1.0,
+        ),
         Method("monai", "MONAI VoxelMorph", "peer", "peer", peer="monai", run="peer_monai", loss="ncc", weight=1.0),
         Method(
             lam_name("ncc", 1.0),

@@ -2,7 +2,7 @@
 MONAI on the same 128 fixed test pairs (64 test subjects never used in training).
 
     python benchmarks/study_oasis2d.py check                     # adapter conventions -> check.json
-    python benchmarks/study_oasis2d.py train-peer --peer vxm --steps 1000
+    python benchmarks/study_oasis2d.py train-peer --method vxm034 --steps 1000
     python benchmarks/study_oasis2d.py evaluate --method ants_syn
     python benchmarks/study_oasis2d.py machine                   # machine facts -> machine.json
 
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=cfg.TIME_PAIRS, help="the first N test pairs")
     p.set_defaults(fn=cmd_time)
     p = sub.add_parser("train-peer", help="train voxelmorph's or MONAI's network like morphreg's")
-    p.add_argument("--method", required=True, choices=["vxm034", "monai"])
+    p.add_argument("--method", required=True, choices=["vxm034", "vxm034_paper", "monai"])
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_train_peer)

@@ -53,7 +53,41 @@ def build_monai(ndim: int = 2) -> torch.nn.Module:
     return VoxelMorph(backbone=backbone, integration_steps=0, half_res=False, spatial_dims=ndim)
 
 
-PEERS = {"vxm": build_vxm, "monai": build_monai}
+def build_vxm_paper(ndim: int = 2) -> torch.nn.Module:
+    """voxelmorph 0.3.4's ``VxmPairwise`` with the paper's architecture (Balakrishnan et al. 2019,
+    the network morphreg's ``VxmDense`` builds): encoder 16,32,32,32, decoder 32,32,32,32 through
+    its ``BasicUNet`` (LeakyReLU 0.2, nearest upsampling), then, in place of the stock head (1x1
+    conv to ndim channels, 3^ndim flow conv), neurite's own ``ConvBlock``s 3^ndim 32->16, 16->16
+    (LeakyReLU 0.2) and a 3^ndim 16->ndim flow conv (N(0, 1e-5)); non-diffeomorphic
+    (``integration_steps=0``), like the paper's VoxelMorph and morphreg's NCC model. Same
+    parameters, convolution shapes and order as ``VxmDense``, and the same field with copied
+    weights (checked in ``bench_speed.py``)."""
+    import neurite as ne
+    import voxelmorph as vxm
+
+    enc, dec = (16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)
+    act = torch.nn.LeakyReLU(0.2, inplace=True)
+    model = vxm.nn.models.VxmPairwise(
+        ndim,
+        source_channels=1,
+        target_channels=1,
+        nb_features=[list(enc), list(dec[: len(enc)])],
+        activations=act,
+        integration_steps=0,
+        unet_kwargs={"upsample_mode": "nearest"},
+    )
+    widths = dec[len(enc) :]
+    model.model.out_layer = torch.nn.Sequential(
+        *[ne.nn.modules.ConvBlock(ndim, cin, cout, activation=act) for cin, cout in zip(widths[:-1], widths[1:])]
+    )
+    flow = ne.nn.modules.ConvBlock(ndim, widths[-1], ndim)
+    torch.nn.init.normal_(flow.conv0.weight, mean=0.0, std=1e-5)
+    torch.nn.init.zeros_(flow.conv0.bias)
+    model.flow_layer = flow
+    return model
+
+
+PEERS = {"vxm": build_vxm, "vxm_paper": build_vxm_paper, "monai": build_monai}
 
 
 @dataclass
@@ -65,7 +99,7 @@ class PeerStep:
 
 
 def peer_forward(name: str, model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> PeerStep:
-    if name == "vxm":
+    if name.startswith("vxm"):  # vxm_paper: integration_steps=0, so the velocity is the displacement
         velocity, moved = model(moving, fixed, return_warped_source=True, return_field_type="velocity")
         return PeerStep(moved, velocity)
     moved, ddf = model(moving, fixed)
@@ -74,7 +108,7 @@ def peer_forward(name: str, model: torch.nn.Module, moving: torch.Tensor, fixed:
 
 def peer_disp(name: str, model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     """The peer's displacement in morphreg's convention (verified by :func:`check_conventions`)."""
-    if name == "vxm":
+    if name.startswith("vxm"):
         return model(moving, fixed, return_field_type="displacement")
     return model(moving, fixed)[1]
 
@@ -95,7 +129,7 @@ class PeerLoss:
     def __init__(self, name: str, loss: str, weight: float, ndim: int) -> None:
         self.name, self.weight = name, weight
         self.float64_retries = 0
-        if name == "vxm":
+        if name.startswith("vxm"):
             import neurite as ne
 
             self.smooth = ne.nn.modules.SpatialGradient(penalty="l2")
@@ -374,15 +408,15 @@ def check_conventions(shape: tuple[int, int] = (64, 96), seed: int = 0) -> dict[
     theirs = Warp(mode="bilinear", padding_mode="zeros")(moving, field)
     report["monai_warp_max_abs"] = float((theirs - ours).abs().max())
     fixed = torch.roll(moving, shifts=(3, -2), dims=(2, 3))
-    for name in ("vxm", "monai"):
+    for name in ("vxm", "vxm_paper", "monai"):
         torch.manual_seed(seed)
         model = PEERS[name](ndim).eval()
         with torch.no_grad():  # make the untrained network predict a sizeable field (flow head x 1e4)
-            head = model.flow_layer.conv0 if name == "vxm" else model.backbone.net[-1].final_conv_out.conv
+            head = model.flow_layer.conv0 if name.startswith("vxm") else model.backbone.net[-1].final_conv_out.conv
             head.weight.normal_(0.0, 0.1)
             head.weight.mul_(6.0 / float(peer_disp(name, model, moving, fixed).abs().max()))
         with torch.no_grad():
-            if name == "vxm":
+            if name.startswith("vxm"):
                 disp, moved = model(moving, fixed, return_warped_source=True)
             else:
                 moved, disp = model(moving, fixed)
