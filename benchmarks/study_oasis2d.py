@@ -333,7 +333,7 @@ def cmd_machine(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.STUDY / "machine.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     facts = machine_facts()
-    facts.update({k: os.environ.get(k) for k in ("STEPS", "PARALLEL") if os.environ.get(k)})
+    facts.update({k: os.environ.get(k) for k in ("STEPS", "PARALLEL", "ONLY") if os.environ.get(k)})
     out.write_text(json.dumps(facts, indent=1))
     print(json.dumps(facts, indent=1))
     return 0
