@@ -13,7 +13,7 @@ architecture.
 
 Measured, in one run (CPU, ``torch.set_num_threads(--threads)``, default 2):
 
-1. inference per pair, 2D 160x192 and 3D 160x192x224, under ``torch.inference_mode``;
+1. inference per pair, 2D 160x192 and 3D 160x192x224 (``--shape3d``), under ``torch.inference_mode``;
 2. one training step (forward + local NCC(9) + grad loss + backward + Adam step, batch 1), each
    library with its own losses; in 2D also with MSE instead of NCC;
 3. the peak memory of one 3D training step: one fresh subprocess per contender, the increase of
@@ -39,7 +39,7 @@ Install the peers without touching torch::
 Usage::
 
     python benchmarks/bench_speed.py             # full run (~25 min on 2 shared cores)
-    python benchmarks/bench_speed.py --threads 1 --write     # what docs/results/speed.md holds
+    python benchmarks/bench_speed.py --threads 1 --shape3d 96 112 128 --write   # what docs/results/speed.md holds
     python benchmarks/bench_speed.py --quick     # small shapes (smoke test, ~2 min)
     python benchmarks/bench_speed.py --device cuda --write   # GPU table (appended to speed.md)
     python benchmarks/bench_speed.py --compile   # also time torch.compile (2D only; slow to compile)
@@ -700,6 +700,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(VxmDense) in 2D")
     parser.add_argument("--proposals", action="store_true", help="also time bf16 autocast (morphreg and MONAI)")
     parser.add_argument("--skip-3d", action="store_true", help="2D only")
+    parser.add_argument(
+        "--shape3d",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("D", "H", "W"),
+        help="3D volume of the 3D inference and training-step sections (default 160 192 224)",
+    )
     # internal: one training step in a fresh process
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs="+", help=argparse.SUPPRESS)
@@ -729,6 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         s2, s3 = (160, 192), (160, 192, 224)
         reps = {"inf2": 20, "train2": 20, "inf3": 3, "loss": 3}
+    loss_shape = s2 if args.skip_3d else tuple(s // 2 for s in s3)  # before --shape3d: always 1/8 of the default
+    if args.shape3d:
+        s3 = tuple(args.shape3d)
     if on_gpu:
         reps = {"inf2": 30, "train2": 20, "inf3": 10, "loss": 10}
     # every library in its default layout and in the other one (channels-last for the peers,
@@ -778,7 +789,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. loss costs (3D size unless skipped)
     # NCC/MSE cost ratios hardly depend on size; a 3D volume of 1/8 the voxels keeps MONAI's LNCC
     # (tens of seconds at full size) affordable. bench_core.py times morphreg's at full size.
-    loss_shape = s2 if args.skip_3d else tuple(s // 2 for s in s3)
     print(f"bench_speed: loss cost at {loss_shape}", file=sys.stderr)
     loss_keys = ["morphreg", "monai", "voxelmorph"]
     losses = loss_bench(loss_keys, loss_shape, reps["loss"], device)
@@ -1026,6 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--compile", args.compile),
             ("--proposals", args.proposals),
             ("--skip-3d", args.skip_3d),
+            (f"--shape3d {' '.join(map(str, s3))}", bool(args.shape3d)),
             ("--write", args.write),
         )
         if on
