@@ -4,7 +4,7 @@ What it measures (CPU, ``torch.set_num_threads(--threads)``, default 2):
 
 * forward and forward+backward of :func:`morphreg.losses.ncc_loss` (window 9),
   :func:`morphreg.losses.mse_loss` and a naive voxelmorph-style local NCC (five dense 9^3 box
-  convolutions with ``F.conv3d``) on a ``1x1x160x192x224`` pair; the gradient flows into one image,
+  convolutions with ``F.conv3d``) on a ``1x1x160x192x224`` pair (``--shape3d``); the gradient flows into one image,
   as in training, where it flows into the moved image;
 * ``VxmDense`` (paper architecture) forward under ``torch.inference_mode`` and forward+backward
   (loss ``mse(moved, fixed) + 0.01 * grad(disp)``) on a 160x192 2D pair and a 160x192x224 3D pair,
@@ -22,7 +22,7 @@ Usage::
 
     python benchmarks/bench_core.py            # print the Markdown tables
     python benchmarks/bench_core.py --write    # ... and write docs/results/core.md
-    python benchmarks/bench_core.py --threads 1 --write   # what docs/results/core.md holds
+    python benchmarks/bench_core.py --threads 1 --shape3d 96 112 128 --write   # what docs/results/core.md holds
     python benchmarks/bench_core.py --quick    # small shapes, a smoke test of the script
 
 ``bench_speed.py`` imports the helpers defined here (timing, FLOP counting, matmul rate).
@@ -415,6 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write docs/results/core.md")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument(
+        "--shape3d",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("D", "H", "W"),
+        help="3D volume of the loss and VxmDense 3D sections (default 160 192 224)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -431,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         vxm_shapes = {"2D": (160, 192), "3D": (160, 192, 224)}
         loss_reps, naive_reps = 5, 2
         vxm_reps = {"2D": (10, 6), "3D": (2, 1)}
+    if args.shape3d:
+        loss_shape = vxm_shapes["3D"] = tuple(args.shape3d)
+        vxm_reps["3D"] = (3, 2)
 
     print("bench_core: losses", file=sys.stderr)
     loss_table, loss_summary = bench_losses(loss_shape, loss_reps, naive_reps)
@@ -460,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     facts_table = md_table(["fact", "value"], list(facts.items()))
     command = "python benchmarks/bench_core.py" + " --quick" * args.quick
-    command += f" --threads {args.threads}" * (args.threads != 2) + " --write"
+    command += f" --threads {args.threads}" * (args.threads != 2)
+    command += f" --shape3d {' '.join(map(str, args.shape3d))}" * bool(args.shape3d) + " --write"
     report = f"""## Core benchmark (`benchmarks/bench_core.py`)
 
 Generated {datetime.date.today().isoformat()} by
