@@ -5,6 +5,8 @@ MONAI on the same 128 fixed test pairs (64 test subjects never used in training)
     python benchmarks/study_oasis2d.py train-peer --method vxm034 --steps 1000
     python benchmarks/study_oasis2d.py evaluate --method ants_syn
     python benchmarks/study_oasis2d.py machine                   # machine facts -> machine.json
+    python benchmarks/study_oasis2d.py time --method ants_syn    # dedicated timing and memory -> timing.json
+    python benchmarks/study_oasis2d.py list [--train-args]       # method names (for run_study.sh)
 
 ``bash benchmarks/run_study.sh`` runs everything (morphreg models are trained by the
 ``morphreg train`` command line there). Every method is scored by one code path,
