@@ -11,6 +11,7 @@ cite). They are read through :mod:`importlib.resources` and loaded with
 from __future__ import annotations
 
 import json
+import textwrap
 from importlib import resources
 from typing import Any
 
@@ -109,7 +110,8 @@ def format_card(name: str) -> str:
         lines.append("Held-out accuracy (benchmarks/zoo_cards.py, from the shipped weights):")
         lines += [f"  {line}" for line in _lines(held.get("details", held.get("summary", "")))]
         lines.append("")
-    lines.append(f"Size: {_size_text(info['size_bytes'])} ({info['size_bytes']} bytes), sha256 {info.get('sha256', '?')}")
+    size = info["size_bytes"]
+    lines.append(f"Size: {_size_text(size)} ({size} bytes), sha256 {info.get('sha256', '?')}")
     lines.append("")
     for key, label in (("limitations", "Limitations"), ("terms", "Terms"), ("citation", "Cite")):
         if info.get(key):
@@ -118,6 +120,5 @@ def format_card(name: str) -> str:
 
 
 def _lines(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return str(value).splitlines()
+    lines = [str(v) for v in value] if isinstance(value, list) else str(value).splitlines()
+    return [part for line in lines for part in (textwrap.wrap(line, 104, subsequent_indent="  ") or [""])]
