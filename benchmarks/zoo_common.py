@@ -69,9 +69,8 @@ def score_pairs(
     """Register every pair (``register(moving, fixed) -> disp`` on normalised tensors) and score it."""
     rows: dict[str, list[float]] = {k: [] for k in ("seg24", "seg4", "seg24_before", "seg4_before", "folding")}
     for m, f in pairs:
-        with torch.inference_mode():
-            disp = register(tensor(moving_image(stack["slice_norm"][m]), normalise),
-                            tensor(stack["slice_norm"][f], normalise)).float()
+        disp = register(tensor(moving_image(stack["slice_norm"][m]), normalise),
+                        tensor(stack["slice_norm"][f], normalise)).detach().float()
         rows["folding"].append(float(metrics.folding_fraction(disp)[0]))
         for key in ("seg24", "seg4"):
             ms = torch.from_numpy(stack[key][m].astype(np.int64))[None, None]
@@ -87,9 +86,8 @@ def network(model: torch.nn.Module, weight: float | None = None) -> Callable[[to
     model.eval()
 
     def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        if weight is None:
-            return model(moving, fixed).disp
-        return model(moving, fixed, weight=weight).disp
+        with torch.inference_mode():
+            return model(moving, fixed).disp if weight is None else model(moving, fixed, weight=weight).disp
 
     return run
 
