@@ -82,7 +82,8 @@ CARDS = {
             "  --max-minutes 38 --out RUN",
             "morphreg train ... (same flags) --steps 9500 --max-minutes 20 --resume --out RUN",
         ],
-        "usage": ["morphreg register --model brain2d --moving M.nii.gz --fixed F.nii.gz --moved OUT.nii.gz --warp W.nii.gz",
+        "usage": ["morphreg register --model brain2d --moving M.nii.gz --fixed F.nii.gz --moved OUT.nii.gz "
+                  "--warp W.nii.gz",
                   "python: morphreg.register(moving, fixed, model='brain2d')"],
         "limitations": [
             "T1 contrast only (for other contrasts use synth2d); 2D only; expects affinely aligned slices.",
@@ -128,7 +129,8 @@ CARDS = {
         "training_data": ("None acquired: every pair is drawn by morphreg.synth.SynthPairs (160 x 192): 16 random "
                           "smooth label maps deformed by two random diffeomorphisms; per-label random intensities, "
                           "blur, bias field, gamma, noise. Validation: 32 synthesised pairs of another seed."),
-        "training": ["Dice loss on the warped synthetic labels + lambda=1 x gradient; no image similarity. Adam lr 1e-3, "
+        "training": ["Dice loss on the warped synthetic labels + lambda=1 x gradient; no image similarity. "
+                     "Adam lr 1e-3, "
                      "cosine schedule, batch 1, seed 0, one CPU thread."],
         "training_command": ["python benchmarks/zoo_train_synth.py --out RUN --steps 4000 --max-minutes 16"],
         "usage": ["morphreg register --model synth2d --moving T2.nii.gz --fixed T1.nii.gz --moved OUT.nii.gz",
@@ -180,19 +182,22 @@ def held_out(name: str) -> dict:
     start = time.perf_counter()
     rows = zc.score_pairs(zc.network(model), stack, pairs, normalise=normalise)
     seconds = (time.perf_counter() - start) / len(pairs)
-    result = {"pairs": len(pairs), "dice_seg24": float(np.mean(rows["seg24"])), "dice_seg4": float(np.mean(rows["seg4"])),
+    result = {"pairs": len(pairs), "dice_seg24": float(np.mean(rows["seg24"])),
+              "dice_seg4": float(np.mean(rows["seg4"])),
               "dice_seg24_before": float(np.mean(rows["seg24_before"])),
               "folding_pct": float(np.mean(rows["folding"])), "folding_pct_max": float(np.max(rows["folding"])),
               "seconds_per_pair_incl_scoring": seconds}
     details = [
-        "128 pairs of 64 OASIS 2D subjects never seen in training (benchmarks/oasis2d_test_pairs.csv), one forward pass:",
+        "128 pairs of 64 OASIS 2D subjects never seen in training (benchmarks/oasis2d_test_pairs.csv), "
+        "one forward pass:",
         f"  Dice seg24 {zc.mean_sd(rows['seg24'])} (before: {zc.mean_sd(rows['seg24_before'])};"
         f" ANTs SyNCC on the same pairs: {zc.SYNCC_SEG24})",
         f"  Dice seg4  {zc.mean_sd(rows['seg4'])} (before: {zc.mean_sd(rows['seg4_before'])})",
         f"  folding {np.mean(rows['folding']):.4f} % of voxels (worst pair {np.max(rows['folding']):.4f} %)",
     ]
     if hasattr(model, "check_weight"):
-        details[0] = details[0].replace("one forward pass:", f"one forward pass, at its default lambda {model.default_weight:g}:")
+        details[0] = details[0].replace("one forward pass:",
+                                        f"one forward pass, at its default lambda {model.default_weight:g}:")
     summary = f"OASIS seg24 Dice {result['dice_seg24']:.3f}, folding {result['folding_pct']:.4f} %"
     if name == "synth2d":
         inverted = zc.score_pairs(zc.network(model), stack, pairs, normalise=normalise, moving_image=zc.invert_in_brain)

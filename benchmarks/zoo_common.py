@@ -82,7 +82,9 @@ def score_pairs(
     return rows
 
 
-def network(model: torch.nn.Module, weight: float | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def network(
+    model: torch.nn.Module, weight: float | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     model.eval()
 
     def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,8 @@ def study_rows() -> dict[str, list[tuple[float, float, float]]]:
     """``{loss: [(lambda, dice_seg24, folding_pct)]}`` of the study's section 2 table."""
     text = (RESULTS / "study.md").read_text(encoding="utf-8")
     rows: dict[str, list[tuple[float, float, float]]] = {"ncc": [], "mse": []}
-    for loss, lam, dice, fold in re.findall(r"^\| (NCC|MSE) \| ([\d.]+) \| ([\d.]+) ± [\d.]+ \| [^|]+\| [^|]+\| ([\d.]+) ±",
-                                            text, flags=re.M):
+    pattern = r"^\| (NCC|MSE) \| ([\d.]+) \| ([\d.]+) ± [\d.]+ \| [^|]+\| [^|]+\| ([\d.]+) ±"
+    for loss, lam, dice, fold in re.findall(pattern, text, flags=re.M):
         rows[loss.lower()].append((float(lam), float(dice), float(fold)))
     return rows
 
@@ -83,7 +83,8 @@ def main() -> None:
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, one thread, 1-min load average "
              f"{os.getloadavg()[0]:.2f} on 2 cores.", "",
              "One `HyperVxmDense` per loss (FiLM-conditioned on lambda; `morphreg train --hyper`, lambda drawn "
-             "log-uniformly per step over the loss's usual lambda / 20 to x 20), scored at several lambda on the study's "
+             "log-uniformly per step over the loss's usual lambda / 20 to x 20), scored at several lambda on the "
+             "study's "
              "128 held-out OASIS 2D pairs, next to the study's separately trained networks (one per lambda, "
              "1000 steps each, same data, loss, learning rate and seed; `docs/results/study.md` section 2). "
              "Models: " + (", ".join(f"{k.upper()} {v}" for k, v in info.items()) or "none built in") + ".", "",

@@ -75,7 +75,8 @@ def brainweb_rows(funcs: dict[str, object]) -> tuple[list[str], dict]:
             if seed == 0:
                 example[name] = spatial.warp(torch.from_numpy(moving)[None, None], disp)[0, 0].numpy()
         example["_moving"], example["_fixed"] = moving, t1
-    lines = ["| method | mean end-point error in the head (voxels), 3 deformations | per deformation |", "|---|---|---|"]
+    lines = ["| method | mean end-point error in the head (voxels), 3 deformations | per deformation |",
+             "|---|---|---|"]
     for name, values in errors.items():
         lines.append(f"| {name} | {np.mean(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
     return lines, example

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
-                   help="smoothness weight of --method/--optimize; with a HyperMorph --model, the lambda it registers with")
+                   help="smoothness weight of --method/--optimize; with a HyperMorph --model, the lambda it "
+                        "registers with")
     p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -248,10 +249,9 @@ def _normalise_arg(value: str | None, model: Any = None) -> str | None:
 
 
 def _load_network(path: str, device: Any, flag: str = "--model") -> Any:
+    from . import zoo
     from .models import load_model
     from .models.checkpoint import CheckpointError
-
-    from . import zoo
 
     target = Path(path)
     try:
@@ -273,7 +273,8 @@ def _apply_lambda(model: Any, weight: float | None, flag_context: str) -> None:
         return
     if not hasattr(model, "check_weight"):
         raise UserError(f"--lambda {weight:g} {flag_context}: --model was trained for one lambda "
-                        f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes --lambda")
+                        f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes "
+                        "--lambda")
     try:
         model.default_weight = model.check_weight(weight)
     except ValueError as err:
@@ -306,7 +307,8 @@ def _check_hyper_args(args: argparse.Namespace) -> None:
     if not args.hyper:
         return
     if args.model != "vxm":
-        raise UserError(f"--hyper conditions the deformable network on lambda; it does not apply to --model {args.model}")
+        raise UserError(f"--hyper conditions the deformable network on lambda; it does not apply to "
+                        f"--model {args.model}")
     if args.hyper_range is not None:
         low, high = args.hyper_range
         weight = args.weight if args.weight is not None else {"mse": 0.01, "ncc": 1.0}[args.loss]

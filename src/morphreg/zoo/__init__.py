@@ -93,7 +93,8 @@ def format_table() -> str:
                      _accuracy_text(info), _size_text(info["size_bytes"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines) + "\n\n`morphreg models NAME` shows a model's card; `morphreg register --model NAME ...` uses it."
+    hint = "`morphreg models NAME` shows a model's card; `morphreg register --model NAME ...` uses it."
+    return "\n".join(lines) + "\n\n" + hint
 
 
 def format_card(name: str) -> str:
