@@ -33,10 +33,10 @@ for name in "${models[@]}"; do
       install+=(brain2d-hyper=$R/brain2d-hyper/last.pt) ;;
     brain2d-hyper-mse)
       morphreg train "${data[@]}" --loss mse --hyper --lr 1e-3 --val-every 500 --val-pairs 16 --checkpoint-every 500 \
-        --steps 3000 --max-minutes 12 --out $R/brain2d-hyper-mse
+        --steps 3000 --max-minutes 11 --out $R/brain2d-hyper-mse
       install+=(brain2d-hyper-mse=$R/brain2d-hyper-mse/last.pt) ;;
     synth2d)
-      python benchmarks/zoo_train_synth.py --out $R/synth2d --steps 4000 --max-minutes 16
+      python benchmarks/zoo_train_synth.py --out $R/synth2d --steps 4000 --max-minutes 15
       install+=(synth2d=$R/synth2d/model.pt) ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac
