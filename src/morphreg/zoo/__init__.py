@@ -102,7 +102,8 @@ def format_card(name: str) -> str:
     info = card(name)
     lines = [f"{name}: {info['title']}", ""]
     for key, label in (("expects", "Expects"), ("architecture", "Network"), ("training_data", "Training data"),
-                       ("training", "Training"), ("training_command", "Training command"),
+                       ("training", "Training"), ("training_time", "Training time"),
+                       ("training_command", "Training command"),
                        ("usage", "Use")):
         if info.get(key):
             lines += [f"{label}:", *[f"  {line}" for line in _lines(info[key])], ""]
