@@ -89,7 +89,7 @@ CARDS = {
                   "--warp W.nii.gz",
                   "python: morphreg.register(moving, fixed, model='brain2d')"],
         "limitations": [
-            "T1 contrast only (for other contrasts use synth2d); 2D only; expects affinely aligned slices.",
+            "T1 contrast only; 2D only; expects affinely aligned slices.",
             "The Dice loss was on the 24 seg24 structures: the field favours their boundaries.",
         ],
         "terms": OASIS_TERMS,
@@ -265,8 +265,7 @@ def write_overview() -> None:
                      f"{card.get('training_time', '?')} | {held['summary']}; seg4 {held['dice_seg4']:.3f}; "
                      f"worst-pair folding {held['folding_pct_max']:.4f} % |")
     lines += ["", "ANTs SyNCC on the same 128 pairs: Dice seg24 0.737 (docs/results/study.md). Full cards: "
-              "`morphreg models NAME`. HyperMorph curve: [hypermorph.md](hypermorph.md); cross-contrast: "
-              "[synth2d.md](synth2d.md)."]
+              "`morphreg models NAME`. HyperMorph curve: [hypermorph.md](hypermorph.md)."]
     (ROOT / "docs" / "results" / "zoo.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
