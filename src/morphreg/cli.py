@@ -272,7 +272,8 @@ def _apply_lambda(model: Any, weight: float | None, flag_context: str) -> None:
     if weight is None:
         return
     if not hasattr(model, "check_weight"):
-        raise UserError(f"--lambda {weight:g}{' ' + flag_context if flag_context else ''}: --model was trained for one lambda "
+        context = f" {flag_context}" if flag_context else ""
+        raise UserError(f"--lambda {weight:g}{context}: --model was trained for one lambda "
                         f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes "
                         "--lambda")
     try:
