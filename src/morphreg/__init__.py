@@ -6,16 +6,19 @@ then I/O, workflows and the command line.
 """
 
 from . import losses, metrics, spatial
+from .api import Registration, register
 from .models import RegistrationOutput, VxmDense, load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Registration",
     "RegistrationOutput",
     "VxmDense",
     "__version__",
     "load_model",
     "losses",
     "metrics",
+    "register",
     "spatial",
 ]

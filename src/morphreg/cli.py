@@ -116,6 +116,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bidir", action="store_true", help="bidirectional similarity (needs --int-steps > 0)")
     p.add_argument("--seg-weight", type=_non_negative_float, default=0.0,
                    help="weight of the Dice loss on warped labels (semi-supervised; needs --segs)")
+    p.add_argument("--hyper", action="store_true",
+                   help="HyperMorph: one network for a range of --lambda values, drawn per step; --lambda is the "
+                        "value validated (choose it at registration with `register --lambda`)")
+    p.add_argument("--hyper-range", type=_positive_float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="lambda range of --hyper, sampled log-uniformly (default: --lambda / 20 to --lambda * 20)")
     p.add_argument("--steps", type=_positive_int, default=1500, help="optimisation steps")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="pairs per step and process")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
@@ -161,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
     p = command("register", "register a moving image to a fixed one")
-    p.add_argument("--model", default=None, help="run directory or checkpoint of a trained network")
+    p.add_argument("--model", default=None,
+                   help="run directory or checkpoint of a trained network, or a built-in model (`morphreg models`)")
     p.add_argument("--method", choices=["network", "affine", "rigid", "dense", "ffd"], default=None,
                    help="registration without a network (affine, rigid, dense, ffd); default: network")
     p.add_argument("--moving", required=True)
@@ -181,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
-    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
+    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
+                   help="smoothness weight of --method/--optimize; with a HyperMorph --model, the lambda it "
+                        "registers with")
     p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -195,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npz-key", default=None)
 
     p = command("evaluate", "evaluate a trained network on a CSV of pairs")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="run directory, checkpoint, or built-in model name")
+    p.add_argument("--lambda", dest="weight", type=_positive_float, default=None,
+                   help="lambda of a HyperMorph --model (default: its own)")
     p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
     p.add_argument("--out", required=True)
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
@@ -203,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
+
+    p = command("models", "list the built-in models, or show one model's card")
+    p.add_argument("name", nargs="?", default=None, help="a built-in model: show its full card")
 
     p = command("demo", "train and evaluate on a synthetic data set the demo makes itself")
     p.add_argument("--out", default="demo_out")
@@ -236,16 +249,37 @@ def _normalise_arg(value: str | None, model: Any = None) -> str | None:
 
 
 def _load_network(path: str, device: Any, flag: str = "--model") -> Any:
+    from . import zoo
     from .models import load_model
     from .models.checkpoint import CheckpointError
 
     target = Path(path)
-    if target.is_dir():
-        target = target / "model.pt"
     try:
+        if not target.exists() and zoo.is_builtin(path):
+            return zoo.load(path, map_location=device)
+        if not target.exists() and not target.suffix and len(target.parts) == 1:
+            raise UserError(f"{flag} '{path}' is neither a run folder, a checkpoint nor a built-in model "
+                            f"(built-in: {', '.join(zoo.names()) or 'none'}; see `morphreg models`)")
+        if target.is_dir():
+            target = target / "model.pt"
         return load_model(target, map_location=device)
     except CheckpointError as err:
         raise UserError(f"{flag}: {err}") from None
+
+
+def _apply_lambda(model: Any, weight: float | None, flag_context: str) -> None:
+    """Set a HyperMorph network's lambda from --lambda; refuse --lambda for a network trained for one."""
+    if weight is None:
+        return
+    if not hasattr(model, "check_weight"):
+        context = f" {flag_context}" if flag_context else ""
+        raise UserError(f"--lambda {weight:g}{context}: --model was trained for one lambda "
+                        f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes "
+                        "--lambda")
+    try:
+        model.default_weight = model.check_weight(weight)
+    except ValueError as err:
+        raise UserError(f"--lambda: {err}") from None
 
 
 #: TrainSettings fields -> the train flags that set them (messages name flags, not parameters).
@@ -253,7 +287,8 @@ SETTING_FLAGS = {"model": "--model", "loss": "--loss", "weight": "--lambda", "in
                  "int_downsize": "--int-downsize", "bidir": "--bidir", "seg_weight": "--seg-weight",
                  "batch_size": "--batch-size", "lr": "--lr", "lr_schedule": "--lr-schedule", "seed": "--seed",
                  "enc": "--enc", "dec": "--dec", "normalise": "--normalise", "val_fraction": "--val-fraction",
-                 "val_pairs": "--val-pairs", "augment": "--augment"}
+                 "val_pairs": "--val-pairs", "augment": "--augment",
+                 "hyper": "--hyper", "hyper_range": "--hyper-range"}
 
 
 def _resume_refusal(out: Path, changes: dict[str, tuple[Any, Any]]) -> UserError:
@@ -265,6 +300,23 @@ def _resume_refusal(out: Path, changes: dict[str, tuple[Any, Any]]) -> UserError
             listed.append(f"{SETTING_FLAGS.get(key, key)} {old!r} -> {new!r}")
     return UserError(f"cannot resume '{out}': the run began with other settings ({'; '.join(listed)}); resume "
                      "with the run's own flags (see settings.json and split.json) or start a new run in another --out")
+
+
+def _check_hyper_args(args: argparse.Namespace) -> None:
+    if args.hyper_range is not None and not args.hyper:
+        raise UserError("--hyper-range is the lambda range of --hyper; add --hyper or drop --hyper-range")
+    if not args.hyper:
+        return
+    if args.model != "vxm":
+        raise UserError(f"--hyper conditions the deformable network on lambda; it does not apply to "
+                        f"--model {args.model}")
+    if args.hyper_range is not None:
+        low, high = args.hyper_range
+        weight = args.weight if args.weight is not None else {"mse": 0.01, "ncc": 1.0}[args.loss]
+        if not low < high:
+            raise UserError(f"--hyper-range LOW HIGH needs LOW < HIGH, got {low:g} {high:g}")
+        if not low <= weight <= high:
+            raise UserError(f"--lambda {weight:g} (the value validated) must lie within --hyper-range {low:g} {high:g}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -280,6 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--seg-weight > 0 needs --segs (label maps for the training images)")
     if args.bidir and args.int_steps == 0:
         raise UserError("--bidir needs a diffeomorphic model: give --int-steps (e.g. 7)")
+    _check_hyper_args(args)
     check_env()
     _device_or_error(args.device)
     out = Path(args.out)
@@ -296,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
         deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads, max_minutes=args.max_minutes,
-        normalise=_normalise_arg(args.normalise),
+        normalise=_normalise_arg(args.normalise), hyper=args.hyper, hyper_range=args.hyper_range,
     )
     if args.resume:
         try:
@@ -475,6 +528,9 @@ def cmd_register(args: argparse.Namespace) -> int:
         return network_register_fn(model, device)
 
     deformable = network(args.model, "--model") if method == "network" else None
+    if deformable is not None and (args.weight is not None and not args.optimize or
+                                   hasattr(deformable.model, "check_weight")):
+        _apply_lambda(deformable.model, args.weight, "(without --optimize)")
     normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
     learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
     register = classical_register_fn(method, args, pair, deformable, learned_affine, device=device)
@@ -554,6 +610,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     model = _load_network(args.model, device)
+    _apply_lambda(model, args.weight, "")
     pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
     summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
                              with_hd95=not args.no_hd95, progress=not args.no_progress)
@@ -571,6 +628,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {key:<12} {stats['mean']:.4f} ± {stats['sd']:.4f}")
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.name is None:
+        print(zoo.format_table())
+        return 0
+    if not zoo.is_builtin(args.name):
+        raise UserError(f"'{args.name}' is not a built-in model (built-in: {', '.join(zoo.names()) or 'none'})")
+    print(zoo.format_card(args.name), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .workflows.demo import run_demo
 
@@ -583,6 +652,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "register": cmd_register,
     "warp": cmd_warp,
     "evaluate": cmd_evaluate,
+    "models": cmd_models,
     "demo": cmd_demo,
 }
 

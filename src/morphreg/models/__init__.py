@@ -2,6 +2,7 @@
 
 from .affine import AffineNet
 from .checkpoint import CheckpointError, SavableModel, load_model
+from .hyper import HyperVxmDense
 from .layers import ConvBlock, SpatialTransformer, UNet, VecInt
 from .vxm import RegistrationOutput, VxmDense
 
@@ -9,6 +10,7 @@ __all__ = [
     "AffineNet",
     "CheckpointError",
     "ConvBlock",
+    "HyperVxmDense",
     "RegistrationOutput",
     "SavableModel",
     "SpatialTransformer",

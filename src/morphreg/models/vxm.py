@@ -133,8 +133,11 @@ class VxmDense(SavableModel):
             :class:`RegistrationOutput`.
         """
         self._check_inputs(moving, fixed)
+        return self._output(moving, fixed, self.predict_field(moving, fixed))
+
+    def _output(self, moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor) -> RegistrationOutput:
+        """Integrate (diffeomorphic), crop and warp the raw network ``field`` on the padded grid."""
         shape = list(moving.shape[2:])
-        field = self.predict_field(moving, fixed)
         padded = list(field.shape[2:])
         velocity = inverse_disp = moved_fixed = None
         if self.int_steps > 0:

@@ -1,7 +1,10 @@
 """Unsupervised (and semi-supervised) training of a registration network.
 
 ``L = L_sim(f, m ∘ φ) + λ L_smooth(u) [+ γ L_dice(s_f, s_m ∘ φ)]``, Adam, a fixed number of
-steps. A run directory holds::
+steps. HyperMorph training (``hyper=True``) draws λ per step, log-uniformly over ``hyper_range``,
+gives it to a :class:`~morphreg.models.HyperVxmDense` and minimises ``L / (1 + λ)`` (the same
+optimum for each λ as ``L``; the division keeps the loss's scale within one range whatever λ is
+drawn, as the paper's ``(1 - λ) L_sim + λ L_smooth``). A run directory holds::
 
     RUN_DIR/settings.json   the TrainSettings (JSON; never evaluated)
     RUN_DIR/state.pt        resumable state: model, optimiser, step, RNG, best score
@@ -35,13 +38,15 @@ from tqdm.auto import tqdm
 
 from .. import _limits, losses, metrics, spatial
 from ..data import PairDataset
-from ..models import AffineNet, SavableModel, VxmDense
+from ..models import AffineNet, HyperVxmDense, SavableModel, VxmDense
 from ..models.checkpoint import CheckpointError, atomic_torch_save, check_model_size, safe_torch_load
 from . import distributed as dist_utils
 
 STATE_FORMAT = "morphreg-train-state-v1"
 DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "gncc": 1.0, "mi": 1.0}
 MODEL_TYPES = ("vxm", "affine")
+#: HyperMorph's default λ range: the loss's usual λ divided and multiplied by this.
+HYPER_SPAN = 20.0
 METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "lr", "val_dice", "val_loss", "seconds")
 #: The files a run writes in its folder.
 RUN_FILES = ("settings.json", "state.pt", "model.pt", "last.pt", "metrics.csv", "train.log", "split.json",
@@ -75,6 +80,9 @@ class TrainSettings:
     ``max_minutes`` ends training early (validated and checkpointed, resumable) once this much
     wall time has passed in this invocation. ``normalise`` records the intensity normalisation
     applied to the training images (saved with the model, so registration applies the same).
+    ``hyper`` trains a HyperMorph network for λ in ``hyper_range`` (default ``weight / 20`` to
+    ``weight * 20``; ``weight`` is then the λ of validation). ``sim_weight`` weighs the image
+    similarity (0: labels only, as SynthMorph trains on synthesised label maps).
     """
 
     model: str = "vxm"
@@ -101,6 +109,9 @@ class TrainSettings:
     threads: int | None = None
     max_minutes: float | None = None
     normalise: str | None = "percentile"
+    hyper: bool = False
+    hyper_range: list[float] | None = None
+    sim_weight: float = 1.0
 
     def __post_init__(self) -> None:
         fn = "TrainSettings"
@@ -114,7 +125,7 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{fn}: '{name}' must be an integer >= 1, got {value!r}")
-        for name in ("weight", "seg_weight"):
+        for name in ("weight", "seg_weight", "sim_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{fn}: '{name}' must be a finite number >= 0, got {value!r}")
@@ -128,6 +139,27 @@ class TrainSettings:
             raise ValueError(f"{fn}: 'device' is cuda but no CUDA device is available")
         self.enc = [int(v) for v in self.enc]
         self.dec = [int(v) for v in self.dec]
+        if self.hyper:
+            if self.model != "vxm":
+                raise ValueError(f"{fn}: 'hyper' conditions the deformable network (model 'vxm'), not {self.model!r}")
+            if self.hyper_range is None:  # the loss's usual λ times 1/20 .. 20
+                self.hyper_range = [self.weight / HYPER_SPAN, self.weight * HYPER_SPAN]
+            self.hyper_range = [float(v) for v in self.hyper_range]
+            low, high = (self.hyper_range + [math.nan, math.nan])[:2]
+            if len(self.hyper_range) != 2 or not (0 < low < high < math.inf):
+                raise ValueError(f"{fn}: 'hyper_range' must be [low, high] with 0 < low < high, got {self.hyper_range}")
+            if not low <= self.weight <= high:
+                raise ValueError(f"{fn}: 'weight' {self.weight:g} (the validation λ) is outside hyper_range "
+                                 f"[{low:g}, {high:g}]")
+        elif self.hyper_range is not None:
+            raise ValueError(f"{fn}: 'hyper_range' is only used with hyper=True")
+
+    def hyper_weight(self, step: int) -> float:
+        """λ of (0-based) ``step`` in HyperMorph training: log-uniform over ``hyper_range``, seeded by step."""
+        assert self.hyper_range is not None
+        low, high = self.hyper_range
+        gen = torch.Generator().manual_seed(self.seed * 1_000_033 + step)
+        return float(low * (high / low) ** torch.rand((), generator=gen).item())
 
     @classmethod
     def from_json(cls, text: str) -> TrainSettings:
@@ -252,10 +284,15 @@ def registration_loss(
     settings: TrainSettings,
     similarity: torch.nn.Module,
     n_labels: int,
+    hyper_weight: float | None = None,
 ) -> LossParts:
-    """The VoxelMorph objective for one batch (bidirectional and semi-supervised as set)."""
+    """The VoxelMorph objective for one batch (bidirectional and semi-supervised as set).
+
+    ``hyper_weight``: λ of this step for a HyperMorph network (given to the network, and the
+    loss divided by ``1 + λ``); ``None`` uses ``settings.weight`` on a plain network.
+    """
     moving, fixed = batch["moving"], batch["fixed"]
-    out = model(moving, fixed)
+    out = model(moving, fixed) if hyper_weight is None else model(moving, fixed, weight=hyper_weight)
     sim = similarity(out.moved, fixed)
     if settings.bidir and out.moved_fixed is not None:
         sim = 0.5 * (sim + similarity(out.moved_fixed, moving))
@@ -267,7 +304,10 @@ def registration_loss(
         fixed_onehot = _one_hot(batch["fixed_seg"], n_labels, moving.dtype)
         moved_onehot = spatial.warp(moving_onehot, out.disp)
         seg = losses.dice_loss(moved_onehot[:, 1:], fixed_onehot[:, 1:])
-    total = sim + settings.weight * smooth + settings.seg_weight * seg
+    weight = settings.weight if hyper_weight is None else hyper_weight
+    total = settings.sim_weight * sim + weight * smooth + settings.seg_weight * seg
+    if hyper_weight is not None:
+        total = total / (1.0 + hyper_weight)
     return LossParts(total, sim, smooth, seg)
 
 
@@ -376,6 +416,9 @@ def build_model(settings: TrainSettings, ndim: int) -> SavableModel:
         cls, config = VxmDense, {"ndim": ndim, "enc": settings.enc, "dec": settings.dec,
                                  "int_steps": settings.int_steps, "int_downsize": settings.int_downsize,
                                  "bidir": settings.bidir}
+        if settings.hyper:
+            cls = HyperVxmDense
+            config.update(weight_range=settings.hyper_range, default_weight=settings.weight)
     check_model_size(cls, config, "train: the requested network")
     return cls(**config)
 
@@ -530,6 +573,8 @@ def train(
     model.train()
     budget = math.inf if settings.max_minutes is None else 60.0 * settings.max_minutes
     meta = {"normalise": settings.normalise, "loss": settings.loss, "weight": settings.weight}
+    if settings.hyper:
+        meta["hyper_range"] = settings.hyper_range
     end = settings.steps
     last_saved = start
     for step in range(start, settings.steps):
@@ -538,7 +583,8 @@ def train(
             group["lr"] = lr
         batch = _collate(train_set, _batch_indices(settings, step, len(train_set), info, order_cache), device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            parts = registration_loss(ddp_model, batch, settings, similarity, n_labels)
+            parts = registration_loss(ddp_model, batch, settings, similarity, n_labels,
+                                      settings.hyper_weight(step) if settings.hyper else None)
         # before backward(): torch's CPU grid_sample backward crashes the process on NaN coordinates
         diverged = torch.tensor(0.0 if bool(torch.isfinite(parts.total.detach())) else 1.0)
         if dist_utils.all_reduce_mean(diverged, info).item() > 0:  # every rank stops together

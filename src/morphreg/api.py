@@ -1,0 +1,147 @@
+"""``morphreg.register``: register two images with a network in one call, arrays or files in, arrays out.
+
+    import morphreg
+    result = morphreg.register("moving.nii.gz", "fixed.nii.gz", model="brain2d")
+    result.moved, result.disp, result.metrics        # numpy arrays and plain numbers
+
+The model's own intensity normalisation is applied to the network inputs; the moved image is
+the *original* moving intensities warped. Files are read (and the moving image resampled onto
+the fixed grid through the affines) as ``morphreg register`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import io, metrics
+from .models.checkpoint import SavableModel, load_model
+
+ImageLike = str | os.PathLike[str] | np.ndarray
+
+
+@dataclass
+class Registration:
+    """What :func:`register` returns.
+
+    Attributes:
+        moved: the moving image warped onto the fixed grid, ``(*spatial)`` float32.
+        disp: displacement ``(ndim, *spatial)`` in voxels of the fixed grid (pull-back:
+            ``moved(x) = moving(x + disp(x))``, component ``k`` along array axis ``k``).
+        moved_seg: the moving labels warped (nearest), when ``moving_seg`` was given.
+        affine: the fixed image's 4x4 voxel-to-world matrix (identity for arrays).
+        metrics: ``folding_pct`` (% of voxels with det J <= 0), ``seconds`` (the network call),
+            and with both label maps ``dice`` (mean over the fixed labels) and ``dice_before``.
+    """
+
+    moved: np.ndarray
+    disp: np.ndarray
+    moved_seg: np.ndarray | None = None
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _volume(value: ImageLike | None, name: str) -> io.Volume | None:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return None
+    array = np.asarray(value)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"morphreg.register: argument '{name}' must be a 2D or 3D array, got shape {array.shape}")
+    return io.Volume(array, np.eye(4))
+
+
+def resolve_model(model: str | os.PathLike[str] | SavableModel, map_location: Any = "cpu") -> SavableModel:
+    """A network from a built-in name, a run folder, a checkpoint file, or a loaded model."""
+    if isinstance(model, SavableModel):
+        return model
+    from . import zoo
+
+    if isinstance(model, str) and zoo.is_builtin(model) and not Path(model).exists():
+        return zoo.load(model, map_location=map_location)
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.exists() and isinstance(model, str) and os.sep not in model and "." not in model:
+        raise ValueError(f"model {model!r} is neither a file nor a built-in model (built-in: {', '.join(zoo.names())})")
+    return load_model(path, map_location=map_location)
+
+
+def register(
+    moving: ImageLike,
+    fixed: ImageLike,
+    model: str | os.PathLike[str] | SavableModel = "brain2d",
+    *,
+    weight: float | None = None,
+    moving_seg: ImageLike | None = None,
+    fixed_seg: ImageLike | None = None,
+    normalise: str | None = "model",
+    device: str = "cpu",
+) -> Registration:
+    """Register ``moving`` to ``fixed`` with a network in one forward pass.
+
+    Args:
+        moving, fixed: file paths (NIfTI, MGZ, NPZ, ...) or arrays ``(*spatial)`` of one shape.
+        model: a built-in model name (``morphreg.zoo.names()``), a run folder, a checkpoint, or
+            a loaded network.
+        weight: the smoothness weight λ of a HyperMorph model (default: the model's own);
+            refused for other models.
+        moving_seg, fixed_seg: optional label maps (paths or arrays) on their images' grids.
+        normalise: ``"model"`` (what the network was trained with), ``"minmax"``,
+            ``"percentile"`` or ``None`` (inputs taken as they are).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        :class:`Registration` (numpy arrays and plain numbers).
+    """
+    from .workflows.register import PairOnGrid, load_pair, network_register_fn, register_pair
+
+    net = resolve_model(model, map_location=device)
+    if weight is not None:
+        if not hasattr(net, "check_weight"):
+            raise ValueError("morphreg.register: 'weight' (lambda) needs a HyperMorph model; this one was trained "
+                             f"for one lambda ({net.metadata.get('weight', '?')})")
+        net.default_weight = net.check_weight(weight)
+    if normalise == "model":
+        normalise = net.metadata.get("normalise", "minmax")
+    arrays = {name: _volume(value, name) for name, value in
+              (("moving", moving), ("fixed", fixed), ("moving_seg", moving_seg), ("fixed_seg", fixed_seg))}
+    if any(v is not None for v in arrays.values()):
+        if not all(isinstance(v, np.ndarray) or v is None for v in (moving, fixed, moving_seg, fixed_seg)):
+            raise ValueError("morphreg.register: give all inputs as arrays or all as paths")
+        shapes = {name: v.shape for name, v in arrays.items() if v is not None}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"morphreg.register: the arrays must have one shape, got {shapes}")
+        segs = {}
+        for name in ("moving_seg", "fixed_seg"):
+            vol = arrays[name]
+            if vol is not None:
+                from .data import as_label_map
+
+                vol.data = as_label_map(vol.data, f"argument '{name}'")
+            segs[name] = vol
+        pair = PairOnGrid(arrays["moving"], arrays["fixed"], segs["moving_seg"], segs["fixed_seg"])
+    else:
+        pair = load_pair(moving, fixed, moving_seg, fixed_seg,
+                         names={"moving": "moving", "fixed": "fixed", "moving_seg": "moving_seg",
+                                "fixed_seg": "fixed_seg"})
+    if net.ndim != pair.fixed.ndim:
+        raise ValueError(f"morphreg.register: the model is {net.ndim}D but the images are {pair.fixed.ndim}D")
+    result = register_pair(pair, network_register_fn(net, torch.device(device)), normalise=normalise)
+    disp = torch.from_numpy(result.disp)[None]
+    scores = {"folding_pct": float(metrics.folding_fraction(disp)), "seconds": float(result.seconds)}
+    if result.dice is not None and pair.moving_seg is not None and pair.fixed_seg is not None:
+        scores["dice"] = float(torch.nanmean(result.dice.per_label))
+        before = metrics.dice(io.to_tensor(pair.moving_seg), io.to_tensor(pair.fixed_seg), result.dice.labels)
+        scores["dice_before"] = float(torch.nanmean(before.per_label))
+    return Registration(
+        moved=result.moved.data.astype(np.float32),
+        disp=result.disp,
+        moved_seg=None if result.moved_seg is None else result.moved_seg.data,
+        affine=np.asarray(pair.fixed.affine),
+        metrics=scores,
+    )
