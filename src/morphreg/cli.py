@@ -23,6 +23,15 @@ NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to th
                   "network was trained with")
 
 
+WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=moving(x+u(x)); itk: an ITK/ANTs "
+                    "displacement field (X,Y,Z,1,3) on the fixed grid, vectors in LPS mm mapping each fixed-image "
+                    "point to its moving-image point, for antsApplyTransforms/ants.apply_transforms/SimpleITK "
+                    "DisplacementFieldTransform")
+MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
+                      "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
+                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line."""
 
@@ -168,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed", required=True)
     p.add_argument("--moved", required=True, help="output: moving image on the fixed grid")
     p.add_argument("--warp", default=None, help="output: displacement field (NIfTI vector image)")
-    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel")
+    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel",
+                   help="units of the --warp vectors in morphreg format: voxels along the array axes, or RAS mm")
+    p.add_argument("--warp-format", choices=["morphreg", "itk"], default="morphreg", help=WARP_FORMAT_HELP)
     p.add_argument("--moving-seg", default=None)
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
@@ -182,13 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
-    p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
+    p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
+    p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = command("warp", "apply a displacement field to an image or label map")
     p.add_argument("--moving", required=True)
-    p.add_argument("--warp", required=True)
+    p.add_argument("--warp", required=True,
+                   help="displacement field: morphreg's (states its units) or ITK/ANTs (LPS mm, fixed->moving)")
+    p.add_argument("--warp-format", choices=["auto", "morphreg", "itk"], default="auto",
+                   help="format of --warp; auto: read what the file states (morphreg units, or morphreg's ITK "
+                        "export), else ask for this flag")
     p.add_argument("--moved", required=True)
     p.add_argument("--interp", choices=["linear", "nearest"], default=None,
                    help="default: nearest for integer label maps, linear otherwise")
@@ -429,7 +445,11 @@ def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, mo
 
     description = f"morphreg {__version__}: {Path(args.moving).name} registered to {Path(args.fixed).name}"
     io.save_volume(moved, args.moved, description=description)
-    if args.warp:
+    if args.warp and args.warp_format == "itk":
+        from .interop import save_itk_warp
+
+        save_itk_warp(disp, args.warp, pair.fixed.affine)
+    elif args.warp:
         io.save_warp(disp, args.warp, pair.fixed.affine, units=args.warp_units, header=pair.fixed.header)
     if args.moved_seg:
         io.save_volume(moved_seg, args.moved_seg, description=description)
@@ -484,10 +504,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
+        from .interop import save_matrix
 
-        rows = "\n".join(" ".join(f"{v:.8f}" for v in row) for row in register.matrix_world)
-        io.save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points\n" + rows + "\n",
-                     args.matrix)
+        original_moving = io.load_volume(args.moving, key=args.npz_key if io.split_ext(args.moving)[1] == ".npz"
+                                         else None) if args.matrix_format in ("fsl", "lta") else pair.moving
+        try:
+            save_matrix(register.matrix_world, args.matrix, args.matrix_format, pair.fixed, original_moving)
+        except ValueError as err:
+            raise UserError(f"--matrix-format {args.matrix_format}: {err}") from None
     print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
     if result.dice is not None:
         before = None
@@ -508,7 +532,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
     _check_outputs(args, "--moved", kinds={"--moved": "volume"})
     _check_distinct({"--moved": args.moved}, {"--moving": args.moving, "--warp": args.warp})
-    warp = io.load_warp(args.warp)
+    warp = _read_warp(args.warp, args.warp_format)
     moving = io.load_volume(args.moving, key=args.npz_key)
     ndim = warp.disp.shape[0]
     if moving.ndim != ndim:
@@ -530,6 +554,23 @@ def cmd_warp(args: argparse.Namespace) -> int:
     io.save_volume(result, args.moved, description=f"morphreg {__version__}: warped by {Path(args.warp).name}")
     print(f"moved image: {args.moved} ({interp} interpolation)")
     return 0
+
+
+def _read_warp(path: str, fmt: str) -> Any:
+    """The field of ``morphreg warp --warp`` in voxels, read as --warp-format says (auto: as the file says)."""
+    from . import io
+    from .interop import load_itk_warp
+    from .interop.itk_field import is_itk_warp
+
+    if fmt == "itk" or (fmt == "auto" and is_itk_warp(path)):
+        return load_itk_warp(path)
+    try:
+        return io.load_warp(path)
+    except io.ImageReadError as err:
+        if fmt == "auto" and "does not state its units" in str(err):
+            raise UserError(f"--warp '{path}' does not say what it holds; give --warp-format itk for an ITK/ANTs "
+                            "field (LPS mm), or rewrite it with morphreg register --warp") from None
+        raise
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
