@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel",
                    help="units of the --warp vectors in morphreg format: voxels along the array axes, or RAS mm")
     p.add_argument("--warp-format", choices=["morphreg", "itk"], default="morphreg", help=WARP_FORMAT_HELP)
+    p.add_argument("--inverse-warp", default=None,
+                   help="output: the inverse field (moving grid -> fixed, in --warp-format/--warp-units): exact for "
+                        "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
+    p.add_argument("--jacobian", default=None,
+                   help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
     p.add_argument("--moving-seg", default=None)
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
@@ -440,17 +445,48 @@ def _check_outputs(args: argparse.Namespace, *flags: str, kinds: dict[str, str] 
                 break
 
 
-def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
+def _save_field(args: argparse.Namespace, disp: Any, path: str, affine: Any, header: Any) -> None:
+    from . import io
+
+    if args.warp_format == "itk":
+        from .interop import save_itk_warp
+
+        save_itk_warp(disp, path, affine)
+    else:
+        io.save_warp(disp, path, affine, units=args.warp_units, header=header)
+
+
+def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any,
+                  inverse_disp: Any = None) -> None:
     from . import io
 
     description = f"morphreg {__version__}: {Path(args.moving).name} registered to {Path(args.fixed).name}"
     io.save_volume(moved, args.moved, description=description)
-    if args.warp and args.warp_format == "itk":
-        from .interop import save_itk_warp
+    if args.warp:
+        _save_field(args, disp, args.warp, pair.fixed.affine, pair.fixed.header)
+    if args.jacobian:
+        import torch
 
-        save_itk_warp(disp, args.warp, pair.fixed.affine)
-    elif args.warp:
-        io.save_warp(disp, args.warp, pair.fixed.affine, units=args.warp_units, header=pair.fixed.header)
+        from .spatial import jacobian_det
+
+        det = jacobian_det(torch.as_tensor(disp)[None].double())[0].float().numpy()
+        io.save_volume(io.Volume(det, pair.fixed.affine, pair.fixed.header), args.jacobian,
+                       description=f"morphreg {__version__}: Jacobian determinant of {Path(args.moving).name} to "
+                                   f"{Path(args.fixed).name}")
+    if args.inverse_warp:
+        if inverse_disp is None:
+            import torch
+
+            from .inverse import invert_disp
+
+            result = invert_disp(torch.as_tensor(disp)[None], iterations=100, tolerance=1e-3)
+            inverse_disp = result.inverse_disp[0].numpy()
+            print(f"morphreg register: note: --inverse-warp is a fixed-point inverse ({result.iterations} "
+                  f"iterations); residual |v + u(x + v)|: max {result.residual_max:.3g}, mean "
+                  f"{result.residual_mean:.3g} voxels", file=sys.stderr)
+        # the inverse maps moving points back to fixed ones; it lives on the fixed grid too (the moving
+        # image was resampled onto it), so it carries the fixed image's geometry
+        _save_field(args, inverse_disp, args.inverse_warp, pair.fixed.affine, pair.fixed.header)
     if args.moved_seg:
         io.save_volume(moved_seg, args.moved_seg, description=description)
 
@@ -471,10 +507,11 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
-    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix",
-                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp"})
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp",
+                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
+                          "--inverse-warp": "warp"})
     _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moved", "--warp", "--moved-seg", "--matrix")},
+                     ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp")},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
                      ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model")})
     device = _device_or_error(args.device)
@@ -492,7 +529,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         if flag == "--affine-model" and type(model).__name__ != "AffineNet":
             raise UserError(f"--affine-model '{path}' holds a {type(model).__name__} (a deformable network), not an "
                             "affine one; give a run of `morphreg train --model affine`, or pass it as --model")
-        return network_register_fn(model, device)
+        plain = flag == "--model" and not (args.affine or args.affine_model or args.optimize)
+        return network_register_fn(model, device, full_output=bool(args.inverse_warp) and plain)
 
     deformable = network(args.model, "--model") if method == "network" else None
     normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
@@ -501,7 +539,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
-    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
+    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg, result.inverse_disp)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
         from .interop import save_matrix
