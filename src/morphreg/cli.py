@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
     p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
     p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
+    p.add_argument("--init-matrix", default=None,
+                   help="start from this affine (fixed->moving points): ITK .mat/.txt/.tfm and LTA are recognised, "
+                        "other files are read as --matrix-format says")
+    p.add_argument("--init-warp", default=None,
+                   help="start from this displacement field on the fixed grid (morphreg's, or ITK/ANTs as "
+                        "--warp-format itk or as the file states)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -513,7 +519,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
                      ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp")},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model")})
+                     ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model",
+                      "--init-matrix", "--init-warp")})
     device = _device_or_error(args.device)
     pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
                      resample=not args.no_resample)
@@ -536,6 +543,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
     learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
     register = classical_register_fn(method, args, pair, deformable, learned_affine, device=device)
+    if args.init_matrix or args.init_warp:
+        register = _with_initial(args, pair, register)
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
@@ -561,6 +570,32 @@ def cmd_register(args: argparse.Namespace) -> int:
         before_text = f" (before: {float(torch.nanmean(before.per_label)):.4f})" if before is not None else ""
         print(f"Dice (mean over {result.dice.labels.numel()} labels): {after_mean:.4f}{before_text}")
     return 0
+
+
+def _with_initial(args: argparse.Namespace, pair: Any, register: Any) -> Any:
+    """``register`` started from --init-matrix or --init-warp."""
+    import torch
+
+    from . import io
+    from .interop import load_matrix
+    from .interop.matrices import detect_matrix_format
+    from .workflows.initial import matrix_disp, with_initial
+
+    if args.init_matrix and args.init_warp:
+        raise UserError("give --init-matrix or --init-warp, not both")
+    if args.init_matrix:
+        fmt = detect_matrix_format(args.init_matrix) or args.matrix_format
+        moving = io.load_volume(args.moving, key=args.npz_key if io.split_ext(args.moving)[1] == ".npz" else None)
+        try:
+            matrix = load_matrix(args.init_matrix, fmt, pair.fixed, moving)
+            return with_initial(register, matrix_disp(matrix, pair.fixed), matrix)
+        except ValueError as err:
+            raise UserError(f"--init-matrix: {err}") from None
+    field = _read_warp(args.init_warp, "itk" if args.warp_format == "itk" else "auto", flag="--init-warp")
+    if not io.same_grid(io.Volume(field.disp[0], field.affine), pair.fixed):
+        raise UserError(f"--init-warp '{args.init_warp}' (grid {field.disp.shape[1:]}) is not on the --fixed grid "
+                        f"{pair.fixed.shape}; give a field on the fixed image's grid")
+    return with_initial(register, torch.from_numpy(field.disp)[None])
 
 
 def cmd_warp(args: argparse.Namespace) -> int:
@@ -594,7 +629,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_warp(path: str, fmt: str) -> Any:
+def _read_warp(path: str, fmt: str, flag: str = "--warp") -> Any:
     """The field of ``morphreg warp --warp`` in voxels, read as --warp-format says (auto: as the file says)."""
     from . import io
     from .interop import load_itk_warp
@@ -606,7 +641,7 @@ def _read_warp(path: str, fmt: str) -> Any:
         return io.load_warp(path)
     except io.ImageReadError as err:
         if fmt == "auto" and "does not state its units" in str(err):
-            raise UserError(f"--warp '{path}' does not say what it holds; give --warp-format itk for an ITK/ANTs "
+            raise UserError(f"{flag} '{path}' does not say what it holds; give --warp-format itk for an ITK/ANTs "
                             "field (LPS mm), or rewrite it with morphreg register --warp") from None
         raise
 
