@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
     p.add_argument("--jacobian", default=None,
                    help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
+    p.add_argument("--qc", default=None,
+                   help="output: quality-control figure (PNG) in anatomical orientation: images, difference, "
+                        "Jacobian over the anatomy, named structures")
+    p.add_argument("--labels", default=None,
+                   help="structure names for --qc: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) "
+                        "or a FreeSurfer LUT file (ID name R G B A); default: label values")
     p.add_argument("--moving-seg", default=None)
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
@@ -462,6 +468,38 @@ def _save_field(args: argparse.Namespace, disp: Any, path: str, affine: Any, hea
         io.save_warp(disp, path, affine, units=args.warp_units, header=header)
 
 
+def _subject_names(*paths: str) -> tuple[str, ...]:
+    """Names for titles: file names without extension, or their folders' names when the files share one."""
+    from . import io
+
+    names = tuple(io.split_ext(path)[0] or Path(path).name for path in paths)
+    if len(set(names)) < len(names):
+        names = tuple(Path(path).resolve().parent.name + "/" + name for path, name in zip(paths, names))
+    return names
+
+
+def _label_table(args: argparse.Namespace) -> Any:
+    if not args.labels:
+        return None
+    from .qc import read_label_table
+
+    try:
+        return read_label_table(args.labels)
+    except ValueError as err:
+        raise UserError(f"--labels: {err}") from None
+
+
+def _save_qc(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
+    import torch
+
+    from .qc import plot_qc
+    from .spatial import jacobian_det
+
+    det = jacobian_det(torch.as_tensor(disp)[None].double())[0].numpy()
+    plot_qc(args.qc, pair.fixed, pair.moving, moved, det, moved_seg=moved_seg, labels=_label_table(args),
+            names=_subject_names(args.moving, args.fixed))
+
+
 def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any,
                   inverse_disp: Any = None) -> None:
     from . import io
@@ -479,6 +517,8 @@ def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, mo
         io.save_volume(io.Volume(det, pair.fixed.affine, pair.fixed.header), args.jacobian,
                        description=f"morphreg {__version__}: Jacobian determinant of {Path(args.moving).name} to "
                                    f"{Path(args.fixed).name}")
+    if args.qc:
+        _save_qc(args, pair, moved, disp, moved_seg)
     if args.inverse_warp:
         if inverse_disp is None:
             import torch
@@ -513,11 +553,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
-    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp",
+    _label_table(args)  # a bad --labels fails before any work
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc",
                    kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
                           "--inverse-warp": "warp"})
     _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp")},
+                     ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc")},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
                      ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model",
                       "--init-matrix", "--init-warp")})
