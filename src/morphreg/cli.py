@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
     p.add_argument("--out", required=True)
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
+    p.add_argument("--labels", default=None,
+                   help="structure names: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) or a "
+                        "FreeSurfer LUT file (ID name R G B A)")
     p.add_argument("--no-hd95", action="store_true")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -710,11 +713,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = torch.device("cuda", info.local_rank)
     model = _load_network(args.model, device)
     pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
+    labels = _label_table(args)
     summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
-                             with_hd95=not args.no_hd95, progress=not args.no_progress)
+                             with_hd95=not args.no_hd95, progress=not args.no_progress,
+                             label_names=labels.names if labels else None)
     if info.is_main:
+        from .workflows.report_html import write_html_report
+
         _print_summary(summary)
-        print(f"report: {Path(args.out) / 'summary.json'}")
+        page = write_html_report(args.out, title=f"morphreg evaluate: {_subject_names(args.model)[0]} on "
+                                 f"{Path(args.pairs).name}", label_names=labels.names if labels else None)
+        print(f"report: {Path(args.out) / 'summary.json'}, {page}")
     return 0
 
 
