@@ -173,9 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="run directory or checkpoint of a trained network")
     p.add_argument("--method", choices=["network", "affine", "rigid", "dense", "ffd"], default=None,
                    help="registration without a network (affine, rigid, dense, ffd); default: network")
-    p.add_argument("--moving", required=True)
-    p.add_argument("--fixed", required=True)
-    p.add_argument("--moved", required=True, help="output: moving image on the fixed grid")
+    p.add_argument("--moving", default=None, help="moving image (NIfTI, MGZ, NPZ, ...): the image that is warped")
+    p.add_argument("--fixed", default=None, help="fixed image: the target grid and anatomy")
+    p.add_argument("--moved", default=None, help="output: moving image on the fixed grid")
+    p.add_argument("--pairs", default=None,
+                   help="cohort: CSV moving,fixed[,moving_seg,fixed_seg] (paths relative to the CSV), registered with "
+                        "--model in batches into --out (instead of --moving/--fixed/--moved)")
+    p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="cohort: pairs per network pass")
+    p.add_argument("--resume", action="store_true", help="cohort: skip rows whose moved image exists in --out")
+    p.add_argument("--no-progress", action="store_true", help="cohort: no progress bar")
     p.add_argument("--warp", default=None, help="output: displacement field (NIfTI vector image)")
     p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel",
                    help="units of the --warp vectors in morphreg format: voxels along the array axes, or RAS mm")
@@ -545,6 +552,13 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from .workflows.register import load_pair, network_register_fn, register_pair
 
+    if args.pairs:
+        from .cli_cohort import cmd_register_cohort
+
+        return cmd_register_cohort(args)
+    missing = [flag for flag in ("--moving", "--fixed", "--moved") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise UserError(f"give {', '.join(missing)} (one pair), or --pairs CSV --out DIR (a cohort)")
     method = args.method or ("network" if args.model else None)
     if method is None:
         raise UserError("give --model (a trained network) or --method affine|rigid|dense|ffd")
