@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    from .cli_segment import add_parser as add_segment_parser
+
+    add_segment_parser(sub, command)
+
     p = command("demo", "train and evaluate on a synthetic data set the demo makes itself")
     p.add_argument("--out", default="demo_out")
     _add_data_args(p, required=False)
@@ -749,6 +753,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {key:<12} {stats['mean']:.4f} ± {stats['sd']:.4f}")
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_segment import cmd_segment as run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .workflows.demo import run_demo
 
@@ -762,6 +772,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "warp": cmd_warp,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
+    "segment": cmd_segment,
 }
 
 
