@@ -310,3 +310,20 @@ def test_with_initial_composes_after_the_start():
     torch.testing.assert_close(out, start)
     torch.testing.assert_close(seen["moving"], spatial.warp(image, start))
     np.testing.assert_allclose(run.matrix_world, matrix)
+
+
+def test_every_option_has_help_and_help_shows_defaults(capsys):
+    import argparse
+
+    from morphreg.cli import build_parser, main
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {act.option_strings[0]}" for name, sub in commands.items() for act in sub._actions
+               if act.option_strings and not act.help]
+    assert missing == []
+    assert main(["register", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: morphreg)" in text and "(default: voxel)" in text and "(default: ras)" in text
+    assert main(["train", "--help"]) == 0
+    assert "(default: 1500)" in capsys.readouterr().out

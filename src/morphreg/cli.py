@@ -48,6 +48,16 @@ class _UsageError(Exception):
     pass
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``minimum``."""
 
@@ -114,7 +124,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity (default ncc)")
+    p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
                    help="smoothness weight (default: 0.01 for mse, 1.0 for ncc, as in the paper)")
     p.add_argument("--int-steps", type=_int_steps, default=0,
@@ -129,15 +139,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=1, help="pairs per step and process")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="stop (validated, checkpointed, resumable) after this much wall time")
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="Adam learning rate (docs/results/train_defaults.md: 1e-3 gains most in a short run)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule: constant, or cosine decay to zero over --steps")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the weights, the subject split and the pair sampling")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train (auto: cuda when available)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2, help="subjects held out for validation")
     p.add_argument("--val-pairs", type=_positive_int, default=16, help="validation pairs")
-    p.add_argument("--val-every", type=_positive_int, default=100)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    p.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100,
+                   help="save a resumable checkpoint every N steps")
     p.add_argument("--augment", action="store_true", help="random intensity gamma augmentation")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--enc", type=_positive_int, nargs="+", default=[16, 32, 32, 32], help="encoder widths")
@@ -145,7 +160,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="decoder widths")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-identical reruns)")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_DefaultsFormatter)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
 
@@ -198,10 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None,
                    help="structure names for --qc: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) "
                         "or a FreeSurfer LUT file (ID name R G B A); default: label values")
-    p.add_argument("--moving-seg", default=None)
+    p.add_argument("--moving-seg", default=None, help="label map of the moving image (warped with nearest neighbour)")
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
-    p.add_argument("--npz-key", default=None)
+    p.add_argument("--npz-key", default=None,
+                   help="array of an .npz --moving/--fixed (e.g. slice_norm); the other image may be NIfTI")
     p.add_argument("--no-resample", action="store_true",
                    help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
@@ -210,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
-    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
+    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
+                   help="smoothness weight of --method dense/ffd and --optimize (default: per loss, 1 for ncc)")
     p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
     p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
     p.add_argument("--init-matrix", default=None,
@@ -220,48 +238,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this displacement field on the fixed grid (morphreg's, or ITK/ANTs as "
                         "--warp-format itk or as the file states)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to register (auto: cuda when available)")
 
     p = command("warp", "apply a displacement field to an image or label map")
-    p.add_argument("--moving", required=True)
+    p.add_argument("--moving", required=True, help="image or label map to warp (resampled onto the field's grid)")
     p.add_argument("--warp", required=True,
                    help="displacement field: morphreg's (states its units) or ITK/ANTs (LPS mm, fixed->moving)")
     p.add_argument("--warp-format", choices=["auto", "morphreg", "itk"], default="auto",
                    help="format of --warp; auto: read what the file states (morphreg units, or morphreg's ITK "
                         "export), else ask for this flag")
-    p.add_argument("--moved", required=True)
+    p.add_argument("--moved", required=True, help="output: the warped image on the field's grid")
     p.add_argument("--interp", choices=["linear", "nearest"], default=None,
                    help="default: nearest for integer label maps, linear otherwise")
-    p.add_argument("--npz-key", default=None)
+    p.add_argument("--npz-key", default=None, help="array of an .npz --moving")
 
     p = command("evaluate", "evaluate a trained network on a CSV of pairs")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="run directory or checkpoint of a trained network")
     p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="report folder: pairs.csv, structures.csv, summary.json, report.html")
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
     p.add_argument("--labels", default=None,
                    help="structure names: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) or a "
                         "FreeSurfer LUT file (ID name R G B A)")
-    p.add_argument("--no-hd95", action="store_true")
+    p.add_argument("--no-hd95", action="store_true", help="skip the 95th-percentile Hausdorff distance (slowest)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to register (auto: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     from .cli_segment import add_parser as add_segment_parser
 
     add_segment_parser(sub, command)
 
     p = command("demo", "train and evaluate on a synthetic data set the demo makes itself")
-    p.add_argument("--out", default="demo_out")
+    p.add_argument("--out", default="demo_out", help="output folder")
     _add_data_args(p, required=False)
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: sized for ~5 min)")
     p.add_argument("--subjects", type=_positive_int, default=200, help="synthetic subjects")
-    p.add_argument("--test-pairs", type=_positive_int, default=24)
+    p.add_argument("--test-pairs", type=_positive_int, default=24, help="held-out pairs evaluated")
     p.add_argument("--max-minutes", type=_positive_float, default=6.0,
                    help="training time budget (stops early on a slow or busy machine)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the data, split and training")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
