@@ -51,3 +51,24 @@ def test_cohort_matches_single_pairs_skips_bad_rows_and_resumes(tmp_path, capsys
     (out / "0004_s2_to_s3_moved.nii.gz").unlink()
     assert main(argv + ["--resume"]) == 1
     assert "1 registered, 3 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_evaluate_accepts_subject_ids_with_image_and_label_folders(tmp_path, capsys):
+    _setup(tmp_path)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "seg").mkdir()
+    for i in range(3):
+        (tmp_path / f"s{i}.nii.gz").rename(tmp_path / "img" / f"SUBJ_{i}.nii.gz")
+        (tmp_path / f"s{i}_seg.nii.gz").rename(tmp_path / "seg" / f"SUBJ_{i}.nii.gz")
+    (tmp_path / "ids.csv").write_text("moving,fixed\nSUBJ_0,SUBJ_1\nSUBJ_1,SUBJ_2\n")
+    base = ["evaluate", "--model", str(tmp_path / "model.pt"), "--pairs", str(tmp_path / "ids.csv"),
+            "--figures", "0", "--no-hd95", "--no-progress"]
+    assert main(base + ["--images", str(tmp_path / "img"), "--segs", str(tmp_path / "seg"),
+                        "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "pairs.csv").read_text()
+    assert "SUBJ_0.nii.gz" in text and "nan" not in text.split("\n")[1].split(",")[3]  # Dice from the seg folder
+    assert (tmp_path / "rep" / "report.html").exists()
+    capsys.readouterr()
+    (tmp_path / "ids.csv").write_text("moving,fixed\nSUBJ_0,SUBJ_9\n")
+    assert main(base + ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "rep2")]) == 1
+    assert "line 2: no image of subject 'SUBJ_9'" in capsys.readouterr().err

@@ -255,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "evaluate a trained network on a CSV of pairs")
     p.add_argument("--model", required=True, help="run directory or checkpoint of a trained network")
-    p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
+    p.add_argument("--pairs", required=True,
+                   help="CSV moving,fixed[,moving_seg,fixed_seg] of paths, or of subject IDs with --images [--segs]")
+    p.add_argument("--images", default=None,
+                   help="folder of images named <subject ID>.<ext>: the --pairs cells are subject IDs")
+    p.add_argument("--segs", default=None, help="folder of label maps named <subject ID>.<ext> (with --images)")
     p.add_argument("--out", required=True, help="report folder: pairs.csv, structures.csv, summary.json, report.html")
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
     p.add_argument("--labels", default=None,
@@ -750,7 +754,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     model = _load_network(args.model, device)
-    pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
+    if args.images:
+        from .workflows.evaluate import _load_rows
+        from .workflows.subjects import resolve_subject_pairs
+
+        try:
+            rows = resolve_subject_pairs(args.pairs, args.images, args.segs)
+        except ValueError as err:
+            raise UserError(f"--pairs/--images/--segs: {err}") from None
+        pairs = _load_rows(args.pairs, rows, _normalise_arg(args.normalise, model), model.ndim)
+    elif args.segs:
+        raise UserError("--segs names label maps by subject ID: give --images too")
+    else:
+        pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
     labels = _label_table(args)
     summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
                              with_hd95=not args.no_hd95, progress=not args.no_progress,
