@@ -327,3 +327,19 @@ def test_every_option_has_help_and_help_shows_defaults(capsys):
     assert "(default: morphreg)" in text and "(default: voxel)" in text and "(default: ras)" in text
     assert main(["train", "--help"]) == 0
     assert "(default: 1500)" in capsys.readouterr().out
+
+
+
+def test_itk_export_of_a_coronal_2d_slice_is_refused_before_work(tmp_path, capsys):
+    """ITK/ANTs read a 2D NIfTI slice in the world x-y plane only; a coronal slice (OASIS 2D) is refused up front."""
+    from morphreg.cli import main
+
+    shape = (24, 20)
+    affine = np.array([[-1.0, 0, 0, 80], [0, 0, 1.0, -0.5], [0, -1.0, 0, 96], [0, 0, 0, 1]])
+    for name in ("m", "f"):
+        io.save_volume(io.Volume(_image(shape), affine), tmp_path / f"{name}.nii.gz")
+    argv = ["register", "--method", "affine", "--moving", str(tmp_path / "m.nii.gz"), "--fixed",
+            str(tmp_path / "f.nii.gz"), "--moved", str(tmp_path / "o.nii.gz"), "--warp", str(tmp_path / "w.nii.gz"),
+            "--warp-format", "itk"]
+    assert main(argv) == 1
+    assert "x-y plane" in capsys.readouterr().err and not (tmp_path / "o.nii.gz").exists()

@@ -585,8 +585,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
         return cmd_register_cohort(args)
     missing = [flag for flag in ("--moving", "--fixed", "--moved") if getattr(args, flag[2:]) is None]
-    if missing:
-        raise UserError(f"give {', '.join(missing)} (one pair), or --pairs CSV --out DIR (a cohort)")
+    if missing:  # a usage error (exit 2), as argparse's own required arguments
+        raise _UsageError(f"morphreg register: error: the following arguments are required: {', '.join(missing)} "
+                          "(one pair), or give --pairs CSV --out DIR (a cohort)")
     method = args.method or ("network" if args.model else None)
     if method is None:
         raise UserError("give --model (a trained network) or --method affine|rigid|dense|ffd")
@@ -610,6 +611,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     device = _device_or_error(args.device)
     pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
                      resample=not args.no_resample)
+    if (args.warp_format == "itk" and (args.warp or args.inverse_warp) or args.matrix_format == "itk" and args.matrix) \
+            and pair.fixed.ndim == 2 and abs(pair.fixed.affine[2, :2]).max() > 1e-6:
+        raise UserError("--warp-format/--matrix-format itk: the 2D --fixed slice's axes leave the world x-y plane "
+                        "(e.g. a coronal slice), and ITK/ANTs read 2D images in that plane only; write morphreg "
+                        "formats, or register the 3D volumes")
     if pair.resampled:
         print("morphreg register: note: moving and fixed grids differ (shape or affine); the moving image "
               "was resampled onto the fixed grid through the affines", file=sys.stderr)
@@ -727,8 +733,8 @@ def _read_warp(path: str, fmt: str, flag: str = "--warp") -> Any:
         return io.load_warp(path)
     except io.ImageReadError as err:
         if fmt == "auto" and "does not state its units" in str(err):
-            raise UserError(f"{flag} '{path}' does not say what it holds; give --warp-format itk for an ITK/ANTs "
-                            "field (LPS mm), or rewrite it with morphreg register --warp") from None
+            raise UserError(f"{flag} '{path}' does not state its units or format; give --warp-format itk for an "
+                            "ITK/ANTs field (LPS mm), or rewrite it with morphreg register --warp") from None
         raise
 
 
@@ -830,6 +836,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"morphreg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     except (UserError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError,
             RuntimeError, MemoryError) as err:
         if getattr(args, "debug", False):
