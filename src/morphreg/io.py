@@ -182,9 +182,14 @@ def split_ext(path: PathLike) -> tuple[str, str]:
 def _format_of(fn: str, path: Path, error: type[Exception]) -> str:
     ext = split_ext(path)[1]
     if not ext:
+        reading = ""
+        if error is ImageReadError:
+            from .io_sitk import SITK_EXTENSIONS
+
+            reading = f" (images are also read from {', '.join(SITK_EXTENSIONS)} and DICOM series folders)"
         raise error(
             f"{fn}: cannot handle '{path}': unknown file extension; supported: "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}"
+            f"{', '.join(SUPPORTED_EXTENSIONS)}{reading}"
         )
     return _FORMATS[ext]
 

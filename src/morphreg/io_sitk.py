@@ -21,7 +21,9 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def is_sitk_path(path: str | Path) -> bool:
     """Whether ``path`` is read by :func:`read_sitk`: one of :data:`SITK_EXTENSIONS`, or a folder (DICOM series)."""
     path = Path(path)
-    return path.is_dir() or path.name.lower().endswith(SITK_EXTENSIONS)
+    if path.is_dir():  # a folder named like a NIfTI/numpy file is a mistake, reported by the nibabel path
+        return not path.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh", ".npy", ".npz"))
+    return path.name.lower().endswith(SITK_EXTENSIONS)
 
 
 def read_sitk(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
