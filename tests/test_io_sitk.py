@@ -50,15 +50,15 @@ def test_png_rgb_grey_is_one_channel_2d(tmp_path):
 
 
 def test_brainweb_png_pair_registers(tmp_path):
+    import os
     from pathlib import Path
 
     from morphreg.cli import main
 
-    root = Path("/work/shared/data/itk_brainweb_t1_pd_2d")
-    if not root.is_dir():
-        root = Path(__file__).resolve().parents[2] / "shared" / "data" / "itk_brainweb_t1_pd_2d"
+    data = Path(os.environ.get("MORPHREG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    root = data / "itk_brainweb_t1_pd_2d"
     if not (root / "BrainT1Slice.png").exists():
-        pytest.skip("shared BrainWeb slices not present")
+        pytest.skip("BrainWeb T1/PD pair not found (set MORPHREG_DATA)")
     assert main(["register", "--method", "rigid", "--loss", "mi", "--moving", str(root / "BrainProtonDensitySlice.png"),
                  "--fixed", str(root / "BrainT1Slice.png"), "--moved", str(tmp_path / "moved.nii.gz")]) == 0
     size = sitk.ReadImage(str(root / "BrainT1Slice.png")).GetSize()  # ITK's (x, y)
