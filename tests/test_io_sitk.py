@@ -63,3 +63,26 @@ def test_brainweb_png_pair_registers(tmp_path):
                  "--fixed", str(root / "BrainT1Slice.png"), "--moved", str(tmp_path / "moved.nii.gz")]) == 0
     size = sitk.ReadImage(str(root / "BrainT1Slice.png")).GetSize()  # ITK's (x, y)
     assert io.load_volume(tmp_path / "moved.nii.gz").shape == tuple(size)
+
+
+def test_dicom_series_folder(tmp_path):
+    """A folder of DICOM slices (written by SimpleITK) reads as one volume with its geometry in RAS."""
+    volume = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)  # ITK array order (z, y, x)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.8, 0.9, 2.0))
+    image.SetOrigin((5.0, -3.0, 10.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_k = image[:, :, k]
+        position = "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k)))
+        for tag, value in (("0008|0060", "MR"), ("0020|000e", "1.2.3.4.5"), ("0020|000d", "1.2.3.4"),
+                           ("0020|0013", str(k + 1)), ("0020|0032", position), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0028|0030", "0.9\\0.8"), ("0018|0050", "2.0")):
+            slice_k.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"{k}.dcm"))
+        writer.Execute(slice_k)
+    ours = io.load_volume(tmp_path)
+    np.testing.assert_array_equal(ours.data, volume.transpose(2, 1, 0))
+    np.testing.assert_allclose(ours.affine, [[-0.8, 0, 0, -5.0], [0, -0.9, 0, 3.0], [0, 0, 2.0, 10.0], [0, 0, 0, 1]],
+                               atol=1e-6)
