@@ -170,9 +170,9 @@ def test_error_missing_and_empty_file(tmp_path: Path) -> None:
 
 
 def test_error_unknown_extension_lists_supported(tmp_path: Path) -> None:
-    (tmp_path / "img.png").write_bytes(b"x")
-    with pytest.raises(ImageReadError, match=r"img\.png.*unknown file extension.*\.nii\.gz.*\.npz"):
-        io.load_volume(tmp_path / "img.png")
+    (tmp_path / "img.xyz").write_bytes(b"x")
+    with pytest.raises(ImageReadError, match=r"img\.xyz.*unknown file extension.*\.nii\.gz.*\.npz"):
+        io.load_volume(tmp_path / "img.xyz")
     with pytest.raises(ValueError, match=r"save_volume.*unknown file extension"):
         io.save_volume(Volume(np.zeros((2, 2)), np.eye(4)), tmp_path / "out.tif")
 

@@ -64,6 +64,7 @@ def build_corpus(d: Path) -> Path:
     (d / "truncated.nii.gz").write_bytes(raw[: len(raw) // 3])
     (d / "garbage.nii").write_bytes(os.urandom(600))
     (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(50))
+    (d / "image.xyz").write_bytes(os.urandom(50))
     (d / "folder.nii.gz").mkdir()
     with gzip.open(d / "notnifti.nii.gz", "wb") as handle:
         handle.write(b"hello" * 100)
@@ -199,7 +200,8 @@ BAD_INPUTS = [
     ("truncated file", lambda d: _register(d, moving="truncated.nii.gz"), r"not a readable image \(truncated or corrupt\?\)"),
     ("corrupt file", lambda d: _register(d, moving="garbage.nii"), r"not a readable image \(truncated or corrupt\?\)"),
     ("gzip of non-NIfTI", lambda d: _register(d, moving="notnifti.nii.gz"), r"not a readable image \(truncated or corrupt\?\)"),
-    ("unknown extension", lambda d: _register(d, moving="image.png"), r"unknown file extension; supported"),
+    ("unknown extension", lambda d: _register(d, moving="image.xyz"), r"unknown file extension; supported"),
+    ("corrupt PNG (read by SimpleITK)", lambda d: _register(d, moving="image.png"), r"cannot read .*image\.png"),
     ("directory as image", lambda d: _register(d, moving="folder.nii.gz"), r"not a regular file"),
     ("NaN image", lambda d: _register(d, moving="nan.nii.gz"), r"NaN"),
     ("inf image", lambda d: _register(d, fixed="inf.nii.gz"), r"inf"),
@@ -332,7 +334,7 @@ SECOND_ROUND = [
     ("--resume with changed flags", lambda d: ["train", "--data", str(d / "img"), "--out", str(d / "run"), "--resume",
                                                "--steps", "4", "--no-progress", *TINY, "--lr", "0.01", "--loss",
                                                "mse", "--seed", "3"],
-     r"cannot resume .*--loss 'ncc' -> 'mse'; --lambda 1\.0 -> 0\.01; --lr 0\.0001 -> 0\.01; --seed 0 -> 3"),
+     r"cannot resume .*--loss 'ncc' -> 'mse'; --lambda 1\.0 -> 0\.01; --lr 0\.001 -> 0\.01; --seed 0 -> 3"),
     ("--resume with another --val-fraction", lambda d: ["train", "--data", str(d / "img"), "--out", str(d / "run"),
                                                         "--resume", "--steps", "4", "--no-progress", *TINY,
                                                         "--val-fraction", "0.5"],

@@ -23,6 +23,15 @@ NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to th
                   "network was trained with")
 
 
+WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=moving(x+u(x)); itk: an ITK/ANTs "
+                    "displacement field (X,Y,Z,1,3) on the fixed grid, vectors in LPS mm mapping each fixed-image "
+                    "point to its moving-image point, for antsApplyTransforms/ants.apply_transforms/SimpleITK "
+                    "DisplacementFieldTransform")
+MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
+                      "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
+                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line."""
 
@@ -37,6 +46,16 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -105,7 +124,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity (default ncc)")
+    p.add_argument("--loss", choices=["mse", "ncc"], default="ncc", help="image similarity")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
                    help="smoothness weight (default: 0.01 for mse, 1.0 for ncc, as in the paper)")
     p.add_argument("--int-steps", type=_int_steps, default=0,
@@ -125,15 +144,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=1, help="pairs per step and process")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="stop (validated, checkpointed, resumable) after this much wall time")
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="Adam learning rate (docs/results/train_defaults.md: 1e-3 gains most in a short run)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule: constant, or cosine decay to zero over --steps")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the weights, the subject split and the pair sampling")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train (auto: cuda when available)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--val-fraction", type=_fraction, default=0.2, help="subjects held out for validation")
     p.add_argument("--val-pairs", type=_positive_int, default=16, help="validation pairs")
-    p.add_argument("--val-every", type=_positive_int, default=100)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    p.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100,
+                   help="save a resumable checkpoint every N steps")
     p.add_argument("--augment", action="store_true", help="random intensity gamma augmentation")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--enc", type=_positive_int, nargs="+", default=[16, 32, 32, 32], help="encoder widths")
@@ -141,7 +165,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="decoder widths")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-identical reruns)")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_DefaultsFormatter)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
 
@@ -170,15 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory or checkpoint of a trained network, or a built-in model (`morphreg models`)")
     p.add_argument("--method", choices=["network", "affine", "rigid", "dense", "ffd"], default=None,
                    help="registration without a network (affine, rigid, dense, ffd); default: network")
-    p.add_argument("--moving", required=True)
-    p.add_argument("--fixed", required=True)
-    p.add_argument("--moved", required=True, help="output: moving image on the fixed grid")
+    p.add_argument("--moving", default=None, help="moving image (NIfTI, MGZ, NPZ, ...): the image that is warped")
+    p.add_argument("--fixed", default=None, help="fixed image: the target grid and anatomy")
+    p.add_argument("--moved", default=None, help="output: moving image on the fixed grid")
+    p.add_argument("--pairs", default=None,
+                   help="cohort: CSV moving,fixed[,moving_seg,fixed_seg] (paths relative to the CSV), registered with "
+                        "--model in batches into --out (instead of --moving/--fixed/--moved)")
+    p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="cohort: pairs per network pass")
+    p.add_argument("--resume", action="store_true", help="cohort: skip rows whose moved image exists in --out")
+    p.add_argument("--no-progress", action="store_true", help="cohort: no progress bar")
     p.add_argument("--warp", default=None, help="output: displacement field (NIfTI vector image)")
-    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel")
-    p.add_argument("--moving-seg", default=None)
+    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel",
+                   help="units of the --warp vectors in morphreg format: voxels along the array axes, or RAS mm")
+    p.add_argument("--warp-format", choices=["morphreg", "itk"], default="morphreg", help=WARP_FORMAT_HELP)
+    p.add_argument("--inverse-warp", default=None,
+                   help="output: the inverse field (moving grid -> fixed, in --warp-format/--warp-units): exact for "
+                        "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
+    p.add_argument("--jacobian", default=None,
+                   help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
+    p.add_argument("--qc", default=None,
+                   help="output: quality-control figure (PNG) in anatomical orientation: images, difference, "
+                        "Jacobian over the anatomy, named structures")
+    p.add_argument("--labels", default=None,
+                   help="structure names for --qc: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) "
+                        "or a FreeSurfer LUT file (ID name R G B A); default: label values")
+    p.add_argument("--moving-seg", default=None, help="label map of the moving image (warped with nearest neighbour)")
     p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
     p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
-    p.add_argument("--npz-key", default=None)
+    p.add_argument("--npz-key", default=None,
+                   help="array of an .npz --moving/--fixed (e.g. slice_norm); the other image may be NIfTI")
     p.add_argument("--no-resample", action="store_true",
                    help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
     p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
@@ -188,46 +234,70 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
-                   help="smoothness weight of --method/--optimize; with a HyperMorph --model, the lambda it "
-                        "registers with")
-    p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
+                   help="smoothness weight of --method dense/ffd and --optimize (default: per loss, 1 for ncc); "
+                        "with a HyperMorph --model, the lambda it registers with")
+    p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
+    p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
+    p.add_argument("--init-matrix", default=None,
+                   help="start from this affine (fixed->moving points): ITK .mat/.txt/.tfm and LTA are recognised, "
+                        "other files are read as --matrix-format says")
+    p.add_argument("--init-warp", default=None,
+                   help="start from this displacement field on the fixed grid (morphreg's, or ITK/ANTs as "
+                        "--warp-format itk or as the file states)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to register (auto: cuda when available)")
 
     p = command("warp", "apply a displacement field to an image or label map")
-    p.add_argument("--moving", required=True)
-    p.add_argument("--warp", required=True)
-    p.add_argument("--moved", required=True)
+    p.add_argument("--moving", required=True, help="image or label map to warp (resampled onto the field's grid)")
+    p.add_argument("--warp", required=True,
+                   help="displacement field: morphreg's (states its units) or ITK/ANTs (LPS mm, fixed->moving)")
+    p.add_argument("--warp-format", choices=["auto", "morphreg", "itk"], default="auto",
+                   help="format of --warp; auto: read what the file states (morphreg units, or morphreg's ITK "
+                        "export), else ask for this flag")
+    p.add_argument("--moved", required=True, help="output: the warped image on the field's grid")
     p.add_argument("--interp", choices=["linear", "nearest"], default=None,
                    help="default: nearest for integer label maps, linear otherwise")
-    p.add_argument("--npz-key", default=None)
+    p.add_argument("--npz-key", default=None, help="array of an .npz --moving")
 
     p = command("evaluate", "evaluate a trained network on a CSV of pairs")
     p.add_argument("--model", required=True, help="run directory, checkpoint, or built-in model name")
     p.add_argument("--lambda", dest="weight", type=_positive_float, default=None,
                    help="lambda of a HyperMorph --model (default: its own)")
-    p.add_argument("--pairs", required=True, help="CSV moving,fixed[,moving_seg,fixed_seg]")
-    p.add_argument("--out", required=True)
+    p.add_argument("--pairs", required=True,
+                   help="CSV moving,fixed[,moving_seg,fixed_seg] of paths, or of subject IDs with --images [--segs]")
+    p.add_argument("--images", default=None,
+                   help="folder of images named <subject ID>.<ext>: the --pairs cells are subject IDs")
+    p.add_argument("--segs", default=None, help="folder of label maps named <subject ID>.<ext> (with --images)")
+    p.add_argument("--out", required=True, help="report folder: pairs.csv, structures.csv, summary.json, report.html")
     p.add_argument("--figures", type=_non_negative_int, default=4, help="pairs that get figures")
-    p.add_argument("--no-hd95", action="store_true")
+    p.add_argument("--labels", default=None,
+                   help="structure names: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) or a "
+                        "FreeSurfer LUT file (ID name R G B A)")
+    p.add_argument("--no-hd95", action="store_true", help="skip the 95th-percentile Hausdorff distance (slowest)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to register (auto: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .cli_segment import add_parser as add_segment_parser
+
+    add_segment_parser(sub, command)
 
     p = command("models", "list the built-in models, or show one model's card")
     p.add_argument("name", nargs="?", default=None, help="a built-in model: show its full card")
 
     p = command("demo", "train and evaluate on a synthetic data set the demo makes itself")
-    p.add_argument("--out", default="demo_out")
+    p.add_argument("--out", default="demo_out", help="output folder")
     _add_data_args(p, required=False)
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: sized for ~5 min)")
     p.add_argument("--subjects", type=_positive_int, default=200, help="synthetic subjects")
-    p.add_argument("--test-pairs", type=_positive_int, default=24)
+    p.add_argument("--test-pairs", type=_positive_int, default=24, help="held-out pairs evaluated")
     p.add_argument("--max-minutes", type=_positive_float, default=6.0,
                    help="training time budget (stops early on a slow or busy machine)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the data, split and training")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -477,13 +547,82 @@ def _check_outputs(args: argparse.Namespace, *flags: str, kinds: dict[str, str] 
                 break
 
 
-def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
+def _save_field(args: argparse.Namespace, disp: Any, path: str, affine: Any, header: Any) -> None:
+    from . import io
+
+    if args.warp_format == "itk":
+        from .interop import save_itk_warp
+
+        save_itk_warp(disp, path, affine)
+    else:
+        io.save_warp(disp, path, affine, units=args.warp_units, header=header)
+
+
+def _subject_names(*paths: str) -> tuple[str, ...]:
+    """Names for titles: file names without extension, or their folders' names when the files share one."""
+    from . import io
+
+    names = tuple(io.split_ext(path)[0] or Path(path).name for path in paths)
+    if len(set(names)) < len(names):
+        names = tuple(Path(path).resolve().parent.name + "/" + name for path, name in zip(paths, names))
+    return names
+
+
+def _label_table(args: argparse.Namespace) -> Any:
+    if not args.labels:
+        return None
+    from .qc import read_label_table
+
+    try:
+        return read_label_table(args.labels)
+    except ValueError as err:
+        raise UserError(f"--labels: {err}") from None
+
+
+def _save_qc(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
+    import torch
+
+    from .qc import plot_qc
+    from .spatial import jacobian_det
+
+    det = jacobian_det(torch.as_tensor(disp)[None].double())[0].numpy()
+    plot_qc(args.qc, pair.fixed, pair.moving, moved, det, moved_seg=moved_seg, labels=_label_table(args),
+            names=_subject_names(args.moving, args.fixed))
+
+
+def _save_outputs(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any,
+                  inverse_disp: Any = None) -> None:
     from . import io
 
     description = f"morphreg {__version__}: {Path(args.moving).name} registered to {Path(args.fixed).name}"
     io.save_volume(moved, args.moved, description=description)
     if args.warp:
-        io.save_warp(disp, args.warp, pair.fixed.affine, units=args.warp_units, header=pair.fixed.header)
+        _save_field(args, disp, args.warp, pair.fixed.affine, pair.fixed.header)
+    if args.jacobian:
+        import torch
+
+        from .spatial import jacobian_det
+
+        det = jacobian_det(torch.as_tensor(disp)[None].double())[0].float().numpy()
+        io.save_volume(io.Volume(det, pair.fixed.affine, pair.fixed.header), args.jacobian,
+                       description=f"morphreg {__version__}: Jacobian determinant of {Path(args.moving).name} to "
+                                   f"{Path(args.fixed).name}")
+    if args.qc:
+        _save_qc(args, pair, moved, disp, moved_seg)
+    if args.inverse_warp:
+        if inverse_disp is None:
+            import torch
+
+            from .inverse import invert_disp
+
+            result = invert_disp(torch.as_tensor(disp)[None], iterations=100, tolerance=1e-3)
+            inverse_disp = result.inverse_disp[0].numpy()
+            print(f"morphreg register: note: --inverse-warp is a fixed-point inverse ({result.iterations} "
+                  f"iterations); residual |v + u(x + v)|: max {result.residual_max:.3g}, mean "
+                  f"{result.residual_mean:.3g} voxels", file=sys.stderr)
+        # the inverse maps moving points back to fixed ones; it lives on the fixed grid too (the moving
+        # image was resampled onto it), so it carries the fixed image's geometry
+        _save_field(args, inverse_disp, args.inverse_warp, pair.fixed.affine, pair.fixed.header)
     if args.moved_seg:
         io.save_volume(moved_seg, args.moved_seg, description=description)
 
@@ -493,6 +632,14 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from .workflows.register import load_pair, network_register_fn, register_pair
 
+    if args.pairs:
+        from .cli_cohort import cmd_register_cohort
+
+        return cmd_register_cohort(args)
+    missing = [flag for flag in ("--moving", "--fixed", "--moved") if getattr(args, flag[2:]) is None]
+    if missing:  # a usage error (exit 2), as argparse's own required arguments
+        raise _UsageError(f"morphreg register: error: the following arguments are required: {', '.join(missing)} "
+                          "(one pair), or give --pairs CSV --out DIR (a cohort)")
     method = args.method or ("network" if args.model else None)
     if method is None:
         raise UserError("give --model (a trained network) or --method affine|rigid|dense|ffd")
@@ -504,15 +651,23 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
-    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix",
-                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp"})
+    _label_table(args)  # a bad --labels fails before any work
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc",
+                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
+                          "--inverse-warp": "warp"})
     _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moved", "--warp", "--moved-seg", "--matrix")},
+                     ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc")},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model")})
+                     ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model",
+                      "--init-matrix", "--init-warp")})
     device = _device_or_error(args.device)
     pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
                      resample=not args.no_resample)
+    if (args.warp_format == "itk" and (args.warp or args.inverse_warp) or args.matrix_format == "itk" and args.matrix) \
+            and pair.fixed.ndim == 2 and abs(pair.fixed.affine[2, :2]).max() > 1e-6:
+        raise UserError("--warp-format/--matrix-format itk: the 2D --fixed slice's axes leave the world x-y plane "
+                        "(e.g. a coronal slice), and ITK/ANTs read 2D images in that plane only; write morphreg "
+                        "formats, or register the 3D volumes")
     if pair.resampled:
         print("morphreg register: note: moving and fixed grids differ (shape or affine); the moving image "
               "was resampled onto the fixed grid through the affines", file=sys.stderr)
@@ -525,7 +680,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         if flag == "--affine-model" and type(model).__name__ != "AffineNet":
             raise UserError(f"--affine-model '{path}' holds a {type(model).__name__} (a deformable network), not an "
                             "affine one; give a run of `morphreg train --model affine`, or pass it as --model")
-        return network_register_fn(model, device)
+        plain = flag == "--model" and not (args.affine or args.affine_model or args.optimize)
+        return network_register_fn(model, device, full_output=bool(args.inverse_warp) and plain)
 
     deformable = network(args.model, "--model") if method == "network" else None
     if deformable is not None and (args.weight is not None and not args.optimize or
@@ -534,16 +690,22 @@ def cmd_register(args: argparse.Namespace) -> int:
     normalise = _normalise_arg(args.normalise, deformable.model if deformable is not None else None)
     learned_affine = network(args.affine_model, "--affine-model") if args.affine_model else None
     register = classical_register_fn(method, args, pair, deformable, learned_affine, device=device)
+    if args.init_matrix or args.init_warp:
+        register = _with_initial(args, pair, register)
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
-    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
+    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg, result.inverse_disp)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
+        from .interop import save_matrix
 
-        rows = "\n".join(" ".join(f"{v:.8f}" for v in row) for row in register.matrix_world)
-        io.save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points\n" + rows + "\n",
-                     args.matrix)
+        original_moving = io.load_volume(args.moving, key=args.npz_key if io.split_ext(args.moving)[1] == ".npz"
+                                         else None) if args.matrix_format in ("fsl", "lta") else pair.moving
+        try:
+            save_matrix(register.matrix_world, args.matrix, args.matrix_format, pair.fixed, original_moving)
+        except ValueError as err:
+            raise UserError(f"--matrix-format {args.matrix_format}: {err}") from None
     print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
     if result.dice is not None:
         before = None
@@ -557,6 +719,32 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_initial(args: argparse.Namespace, pair: Any, register: Any) -> Any:
+    """``register`` started from --init-matrix or --init-warp."""
+    import torch
+
+    from . import io
+    from .interop import load_matrix
+    from .interop.matrices import detect_matrix_format
+    from .workflows.initial import matrix_disp, with_initial
+
+    if args.init_matrix and args.init_warp:
+        raise UserError("give --init-matrix or --init-warp, not both")
+    if args.init_matrix:
+        fmt = detect_matrix_format(args.init_matrix) or args.matrix_format
+        moving = io.load_volume(args.moving, key=args.npz_key if io.split_ext(args.moving)[1] == ".npz" else None)
+        try:
+            matrix = load_matrix(args.init_matrix, fmt, pair.fixed, moving)
+            return with_initial(register, matrix_disp(matrix, pair.fixed), matrix)
+        except ValueError as err:
+            raise UserError(f"--init-matrix: {err}") from None
+    field = _read_warp(args.init_warp, "itk" if args.warp_format == "itk" else "auto", flag="--init-warp")
+    if not io.same_grid(io.Volume(field.disp[0], field.affine), pair.fixed):
+        raise UserError(f"--init-warp '{args.init_warp}' (grid {field.disp.shape[1:]}) is not on the --fixed grid "
+                        f"{pair.fixed.shape}; give a field on the fixed image's grid")
+    return with_initial(register, torch.from_numpy(field.disp)[None])
+
+
 def cmd_warp(args: argparse.Namespace) -> int:
     import torch
 
@@ -564,7 +752,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
     _check_outputs(args, "--moved", kinds={"--moved": "volume"})
     _check_distinct({"--moved": args.moved}, {"--moving": args.moving, "--warp": args.warp})
-    warp = io.load_warp(args.warp)
+    warp = _read_warp(args.warp, args.warp_format)
     moving = io.load_volume(args.moving, key=args.npz_key)
     ndim = warp.disp.shape[0]
     if moving.ndim != ndim:
@@ -586,6 +774,23 @@ def cmd_warp(args: argparse.Namespace) -> int:
     io.save_volume(result, args.moved, description=f"morphreg {__version__}: warped by {Path(args.warp).name}")
     print(f"moved image: {args.moved} ({interp} interpolation)")
     return 0
+
+
+def _read_warp(path: str, fmt: str, flag: str = "--warp") -> Any:
+    """The field of ``morphreg warp --warp`` in voxels, read as --warp-format says (auto: as the file says)."""
+    from . import io
+    from .interop import load_itk_warp
+    from .interop.itk_field import is_itk_warp
+
+    if fmt == "itk" or (fmt == "auto" and is_itk_warp(path)):
+        return load_itk_warp(path)
+    try:
+        return io.load_warp(path)
+    except io.ImageReadError as err:
+        if fmt == "auto" and "does not state its units" in str(err):
+            raise UserError(f"{flag} '{path}' does not state its units or format; give --warp-format itk for an "
+                            "ITK/ANTs field (LPS mm), or rewrite it with morphreg register --warp") from None
+        raise
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -611,12 +816,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = torch.device("cuda", info.local_rank)
     model = _load_network(args.model, device)
     _apply_lambda(model, args.weight, "")
-    pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
+    if args.images:
+        from .workflows.evaluate import _load_rows
+        from .workflows.subjects import resolve_subject_pairs
+
+        try:
+            rows = resolve_subject_pairs(args.pairs, args.images, args.segs)
+        except ValueError as err:
+            raise UserError(f"--pairs/--images/--segs: {err}") from None
+        pairs = _load_rows(args.pairs, rows, _normalise_arg(args.normalise, model), model.ndim)
+    elif args.segs:
+        raise UserError("--segs names label maps by subject ID: give --images too")
+    else:
+        pairs = pairs_from_csv(args.pairs, _normalise_arg(args.normalise, model), ndim=model.ndim)
+    labels = _label_table(args)
     summary = evaluate_pairs(timed(network_register_fn(model, device)), pairs, args.out, figures=args.figures,
-                             with_hd95=not args.no_hd95, progress=not args.no_progress)
+                             with_hd95=not args.no_hd95, progress=not args.no_progress,
+                             label_names=labels.names if labels else None)
     if info.is_main:
+        from .workflows.report_html import write_html_report
+
         _print_summary(summary)
-        print(f"report: {Path(args.out) / 'summary.json'}")
+        page = write_html_report(args.out, title=f"morphreg evaluate: {_subject_names(args.model)[0]} on "
+                                 f"{Path(args.pairs).name}", label_names=labels.names if labels else None)
+        print(f"report: {Path(args.out) / 'summary.json'}, {page}")
     return 0
 
 
@@ -640,6 +863,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_segment import cmd_segment as run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .workflows.demo import run_demo
 
@@ -654,6 +883,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
     "models": cmd_models,
     "demo": cmd_demo,
+    "segment": cmd_segment,
 }
 
 
@@ -675,6 +905,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"morphreg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
     except (UserError, ValueError, TypeError, FileNotFoundError, OSError, FloatingPointError,
             RuntimeError, MemoryError) as err:
         if getattr(args, "debug", False):

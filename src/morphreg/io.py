@@ -182,9 +182,14 @@ def split_ext(path: PathLike) -> tuple[str, str]:
 def _format_of(fn: str, path: Path, error: type[Exception]) -> str:
     ext = split_ext(path)[1]
     if not ext:
+        reading = ""
+        if error is ImageReadError:
+            from .io_sitk import SITK_EXTENSIONS
+
+            reading = f" (images are also read from {', '.join(SITK_EXTENSIONS)} and DICOM series folders)"
         raise error(
             f"{fn}: cannot handle '{path}': unknown file extension; supported: "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}"
+            f"{', '.join(SUPPORTED_EXTENSIONS)}{reading}"
         )
     return _FORMATS[ext]
 
@@ -441,8 +446,9 @@ def load_volume(path: PathLike, key: str | None = None) -> Volume:
     """Read a 2D or 3D image or label map.
 
     Args:
-        path: ``.nii``, ``.nii.gz``, ``.mgz``/``.mgh`` (nibabel; affine and header kept) or
-            ``.npy``/``.npz`` (identity affine, no header).
+        path: ``.nii``, ``.nii.gz``, ``.mgz``/``.mgh`` (nibabel; affine and header kept),
+            ``.npy``/``.npz`` (identity affine, no header), or through SimpleITK PNG/JPEG/BMP/TIFF,
+            NRRD, ``.mha``/``.mhd`` and a folder holding one DICOM series (:mod:`morphreg.io_sitk`).
         key: array name inside an ``.npz``; ``None`` picks its only array (a ``"subjects"``
             name array is not counted). Not allowed for other formats.
 
@@ -457,6 +463,18 @@ def load_volume(path: PathLike, key: str | None = None) -> Volume:
     """
     fn = "morphreg.io.load_volume"
     path = Path(path)
+    from .io_sitk import is_sitk_path, read_sitk
+
+    if is_sitk_path(path):  # PNG/TIFF/NRRD/MetaImage files and DICOM series folders
+        if key is not None:
+            raise ValueError(f"{fn}: argument 'key' only applies to .npz files, got key={key!r}")
+        try:
+            data, affine = read_sitk(path)
+        except ValueError as err:
+            raise ImageReadError(str(err)) from None
+        data = _squeeze_spatial(fn, path, _normalise_dtype(fn, path, data))
+        _check_finite(fn, path, data)
+        return Volume(np.ascontiguousarray(data), affine, None)
     fmt = _format_of(fn, path, ImageReadError)
     if key is not None and fmt != "npz":
         raise ValueError(f"{fn}: argument 'key' only applies to .npz files, got key={key!r}")

@@ -41,6 +41,7 @@ class RegisteredPair:
     moved_seg: io.Volume | None
     seconds: float
     dice: metrics.LabelScores | None
+    inverse_disp: np.ndarray | None = None  # (ndim, *spatial) voxels, when the registration provides it
 
 
 def _npz_key(path: str | Path, key: str | None) -> str | None:
@@ -130,16 +131,37 @@ def check_finite_field(disp: torch.Tensor) -> None:
         )
 
 
-def network_register_fn(model: torch.nn.Module, device: torch.device) -> RegisterFn:
-    """``(moving, fixed) -> disp`` with a network in inference mode on ``device``."""
+def network_register_fn(model: torch.nn.Module, device: torch.device, *, full_output: bool = False) -> RegisterFn:
+    """``(moving, fixed) -> disp`` with a network in inference mode on ``device``.
+
+    ``full_output=True`` returns the network's whole ``RegistrationOutput`` (with its
+    ``inverse_disp`` for diffeomorphic models), which :func:`register_pair` also accepts.
+    """
     model = model.to(device).eval()
 
     def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(moving.to(device), fixed.to(device)).disp
+            output = model(moving.to(device), fixed.to(device))
+            if not full_output:
+                return output.disp
+            if output.inverse_disp is None and output.velocity is not None:
+                output = output._replace(inverse_disp=_velocity_inverse(model, output.velocity, moving.shape[2:]))
+            return output
 
     run.model = model  # type: ignore[attr-defined]
     return run
+
+
+def _velocity_inverse(model: torch.nn.Module, velocity: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``exp(-v)`` of a diffeomorphic network, as its forward pass makes ``exp(v)`` (then cropped to ``shape``).
+
+    ``velocity`` is ``(B, ndim, *padded / int_downsize)``; the result is ``(B, ndim, *shape)`` in voxels.
+    """
+    from ..models.layers import crop_to
+
+    padded = [size * model.int_downsize for size in velocity.shape[2:]]
+    inverse = spatial.resize(spatial.integrate(-velocity, model.int_steps), size=padded)
+    return crop_to(inverse, list(shape))
 
 
 def network_input(volume: io.Volume, normalise: str | None) -> torch.Tensor:
@@ -157,14 +179,20 @@ def register_pair(
 
     Args:
         pair: the pair on the fixed grid.
-        register: ``(moving, fixed) -> disp`` on ``(1, 1, *spatial)`` float tensors.
+        register: ``(moving, fixed) -> disp`` on ``(1, 1, *spatial)`` float tensors (or an object
+            with ``disp`` and ``inverse_disp``, such as a ``RegistrationOutput``).
         normalise: intensity normalisation of the network inputs (as in training).
     """
     moving, fixed = network_input(pair.moving, normalise), network_input(pair.fixed, normalise)
     start = time.perf_counter()
-    disp = register(moving, fixed).detach().float().cpu()
+    output = register(moving, fixed)
     seconds = time.perf_counter() - start
+    inverse = getattr(output, "inverse_disp", None)  # a RegistrationOutput, or a bare disp tensor
+    disp = (output.disp if hasattr(output, "disp") else output).detach().float().cpu()
     check_finite_field(disp)
+    if inverse is not None:
+        inverse = inverse.detach().float().cpu()
+        check_finite_field(inverse)
     moved = spatial.warp(io.to_tensor(pair.moving).float(), disp)
     moved_seg = dice = None
     if pair.moving_seg is not None:
@@ -173,4 +201,5 @@ def register_pair(
         moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
         if pair.fixed_seg is not None:
             dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
-    return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice)
+    return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice,
+                          inverse[0].numpy() if inverse is not None else None)

@@ -95,7 +95,7 @@ class TrainSettings:
     seg_weight: float = 0.0
     steps: int = 1000
     batch_size: int = 1
-    lr: float = 1e-4
+    lr: float = 1e-3
     lr_schedule: str = "constant"
     seed: int = 0
     device: str = "auto"

@@ -1,0 +1,180 @@
+"""Affine matrices in other tools' files (SimpleITK's and nitransforms' readers and writers).
+
+morphreg's matrix is a ``(4, 4)`` world matrix ``W`` mapping a **fixed-image point to the
+moving-image point** in RAS millimetres (``moved(p) = moving(W p)``). The formats:
+
+==========  ===================================================================================
+``ras``     morphreg's text 4x4: RAS mm, fixed -> moving points (``#`` comment lines allowed).
+``itk``     ITK transform file (``.mat`` binary or ``.txt``/``.tfm`` text), written and read by
+            SimpleITK: LPS mm, fixed -> moving points, as ``antsApplyTransforms`` and
+            ``sitk.ReadTransform`` use it. 2D images give a 2D ``AffineTransform``.
+``fsl``     FSL FLIRT ``.mat`` (nitransforms): FSL's scaled-voxel frame, which depends on both
+            images; as FLIRT stores it, the matrix maps input (moving) coordinates to reference
+            (fixed) ones, for ``flirt -in moving -ref fixed -applyxfm -init A``.
+``lta``     FreeSurfer LTA (nitransforms): stored as RAS-to-RAS (type 1), both image grids
+            recorded in the file.
+==========  ===================================================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .. import io
+
+MATRIX_FORMATS = ("ras", "itk", "fsl", "lta")
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
+_NITRANSFORMS_NAME = {"fsl": "fsl", "lta": "fs"}
+
+
+def _check_format(fn: str, fmt: str) -> None:
+    if fmt not in MATRIX_FORMATS:
+        raise ValueError(f"{fn}: argument 'fmt' must be one of {list(MATRIX_FORMATS)}, got {fmt!r}")
+
+
+def _nifti_of(volume: io.Volume) -> nib.Nifti1Image:
+    data = volume.data if volume.ndim == 3 else volume.data[..., None]
+    return nib.Nifti1Image(np.asarray(data, dtype=np.float32), volume.affine)
+
+
+def detect_matrix_format(path: str | Path) -> str | None:
+    """The format a file names unambiguously by its extension or content, else ``None``.
+
+    ``.lta`` is LTA, ``.tfm``/``.txt`` starting with ``#Insight Transform File`` and a binary
+    ``.mat`` (MATLAB v4, as ITK writes) are ITK. A text ``.mat`` of 4 rows is either FSL or a
+    morphreg RAS matrix and is refused as ambiguous (``None``).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".lta":
+        return "lta"
+    try:
+        head = path.read_bytes()[:64]
+    except OSError:
+        return None
+    if head.startswith(b"#Insight Transform File"):
+        return "itk"
+    if suffix == ".mat" and b"\x00" in head:
+        return "itk"
+    if head.startswith(b"# 4x4 world (mm) matrix"):
+        return "ras"
+    return None
+
+
+def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: io.Volume, moving: io.Volume) -> None:
+    """Write a fixed -> moving RAS world matrix in ``fmt`` (one of :data:`MATRIX_FORMATS`).
+
+    Args:
+        matrix: ``(4, 4)`` RAS mm, fixed-image point -> moving-image point.
+        path: output file (written atomically).
+        fmt: ``ras``, ``itk``, ``fsl`` or ``lta``.
+        fixed, moving: the two images (grids used by ``fsl`` and ``lta``; ``itk`` writes a 2D
+            transform for 2D images).
+    """
+    fn = "morphreg.interop.save_matrix"
+    _check_format(fn, fmt)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise ValueError(f"{fn}: argument 'matrix' must be a finite 4x4 matrix, got shape {matrix.shape}")
+    path = Path(path)
+    if fmt == "ras":
+        rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in matrix)
+        io.save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points (RAS)\n"
+                     + rows + "\n", path)
+        return
+    if fmt == "itk":
+        import SimpleITK as sitk
+
+        lps = _FLIP @ matrix @ _FLIP
+        ndim = fixed.ndim
+        if ndim == 2 and (np.abs(lps[:2, 2]).max() > 1e-6 or np.abs(fixed.affine[2, :2]).max() > 1e-6):
+            raise ValueError(f"{fn}: a 2D ITK transform acts in the x-y plane, but this one (or the fixed slice) "
+                             "leaves it; register the images as 3D volumes instead")
+        transform = sitk.AffineTransform(ndim)
+        transform.SetMatrix(lps[:ndim, :ndim].ravel().tolist())
+        transform.SetTranslation(lps[:ndim, 3].tolist())
+        suffix = path.suffix.lower() if path.suffix.lower() in (".mat", ".txt", ".tfm") else ".txt"
+        io._atomic_write(path, lambda tmp: _write_via(tmp, suffix, transform))
+        return
+    from nitransforms.linear import Affine
+
+    xfm = Affine(matrix, reference=_nifti_of(fixed))
+    name = _NITRANSFORMS_NAME[fmt]
+    io._atomic_write(path, lambda tmp: xfm.to_filename(str(tmp), fmt=name, moving=_nifti_of(moving)))
+
+
+def _write_via(tmp: Path, suffix: str, transform: object) -> None:
+    """SimpleITK picks the format by suffix: write next to ``tmp`` with ``suffix``, then move over it."""
+    import os
+
+    import SimpleITK as sitk
+
+    other = tmp.with_name(tmp.name + suffix)
+    try:
+        sitk.WriteTransform(transform, str(other))
+        os.replace(other, tmp)
+    finally:
+        other.unlink(missing_ok=True)
+
+
+def load_matrix(path: str | Path, fmt: str, fixed: io.Volume, moving: io.Volume) -> np.ndarray:
+    """Read a matrix file as a ``(4, 4)`` RAS fixed -> moving world matrix.
+
+    Args:
+        path: the file; ``fmt`` as in :func:`save_matrix`.
+        fixed, moving: the images the matrix was made for (``fsl`` needs both grids).
+
+    Raises:
+        ValueError: an unreadable file or one that holds no affine transform.
+    """
+    fn = "morphreg.interop.load_matrix"
+    _check_format(fn, fmt)
+    path = Path(path)
+    try:
+        if fmt == "ras":
+            matrix = np.loadtxt(path, comments="#", dtype=np.float64)
+        elif fmt == "itk":
+            matrix = _FLIP @ _read_itk(path) @ _FLIP
+        else:
+            from nitransforms.linear import load
+
+            matrix = load(str(path), fmt=_NITRANSFORMS_NAME[fmt], reference=_nifti_of(fixed),
+                          moving=_nifti_of(moving)).matrix
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError) as err:
+        raise ValueError(f"cannot read '{path}' as a {fmt} matrix: {str(err).strip().splitlines()[0][:160]}") from None
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape == (3, 3) and fixed.ndim == 2:  # a 2D RAS matrix
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = matrix[:2, :2], matrix[:2, 2]
+        matrix = full
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise ValueError(f"cannot read '{path}' as a {fmt} matrix: expected a finite 4x4 matrix, got shape "
+                         f"{matrix.shape}")
+    return matrix
+
+
+def _read_itk(path: Path) -> np.ndarray:
+    """A 4x4 LPS matrix (fixed -> moving) from an ITK transform file with one affine-like transform."""
+    import SimpleITK as sitk
+
+    transform = sitk.ReadTransform(str(path))
+    if transform.GetName() == "CompositeTransform":
+        transform = sitk.CompositeTransform(transform)
+        if transform.GetNumberOfTransforms() != 1:
+            raise ValueError(f"it holds {transform.GetNumberOfTransforms()} transforms; expected one affine")
+        transform = transform.GetNthTransform(0)
+    ndim = transform.GetDimension()
+    try:
+        affine = sitk.AffineTransform(transform)
+    except RuntimeError:
+        raise ValueError(f"it holds a {transform.GetName()}, not an affine transform") from None
+    a = np.array(affine.GetMatrix(), dtype=np.float64).reshape(ndim, ndim)
+    center = np.array(affine.GetCenter(), dtype=np.float64)
+    translation = np.array(affine.GetTranslation(), dtype=np.float64)
+    out = np.eye(4)
+    out[:ndim, :ndim] = a
+    out[:ndim, 3] = translation + center - a @ center  # T(p) = A (p - c) + c + t
+    return out

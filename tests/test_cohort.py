@@ -1,0 +1,74 @@
+"""`register --pairs CSV --out DIR`: batched cohort registration, bad rows skipped, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from morphreg import io
+from morphreg.cli import main
+from morphreg.models import VxmDense
+
+
+def _setup(tmp_path):
+    rng = np.random.default_rng(0)
+    affine = np.array([[-1.0, 0, 0, 10], [0, 0, 1, 0], [0, -1, 0, 5], [0, 0, 0, 1]])
+    for i in range(4):
+        image = ndimage.gaussian_filter(rng.random((20, 24)), 2).astype(np.float32)
+        io.save_volume(io.Volume(image, affine), tmp_path / f"s{i}.nii.gz")
+        io.save_volume(io.Volume((image > image.mean()).astype(np.uint8), affine), tmp_path / f"s{i}_seg.nii.gz")
+    torch.manual_seed(0)
+    model = VxmDense(2, enc=(4, 4), dec=(4, 4, 4))
+    with torch.no_grad():
+        model.flow.weight.normal_(0, 0.05)
+    model.save(tmp_path / "model.pt", metadata={"normalise": "minmax"})
+    rows = ["moving,fixed,moving_seg", "s0.nii.gz,s1.nii.gz,s0_seg.nii.gz", "s1.nii.gz,s2.nii.gz,s1_seg.nii.gz",
+            "nothere.nii.gz,s2.nii.gz,", "s2.nii.gz,s3.nii.gz,s2_seg.nii.gz", "s3.nii.gz,s0.nii.gz,s3_seg.nii.gz"]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_cohort_matches_single_pairs_skips_bad_rows_and_resumes(tmp_path, capsys):
+    _setup(tmp_path)
+    out = tmp_path / "out"
+    argv = ["register", "--model", str(tmp_path / "model.pt"), "--pairs", str(tmp_path / "pairs.csv"), "--out",
+            str(out), "--batch-size", "3", "--no-progress"]
+    assert main(argv) == 1  # one bad row: reported, the others done
+    captured = capsys.readouterr()
+    assert "row 3" in captured.err and "nothere" in captured.err and "4 registered" in captured.out
+    for number, (m, f) in {1: (0, 1), 2: (1, 2), 4: (2, 3), 5: (3, 0)}.items():
+        name = f"{number:04d}_s{m}_to_s{f}"
+        assert main(["register", "--model", str(tmp_path / "model.pt"), "--moving", str(tmp_path / f"s{m}.nii.gz"),
+                     "--fixed", str(tmp_path / f"s{f}.nii.gz"), "--moved", str(tmp_path / "one.nii.gz"),
+                     "--warp", str(tmp_path / "one_warp.nii.gz")]) == 0
+        np.testing.assert_allclose(io.load_volume(out / f"{name}_moved.nii.gz").data,
+                                   io.load_volume(tmp_path / "one.nii.gz").data, atol=1e-5)
+        np.testing.assert_allclose(io.load_warp(out / f"{name}_warp.nii.gz").disp,
+                                   io.load_warp(tmp_path / "one_warp.nii.gz").disp, atol=1e-5)
+        assert (out / f"{name}_moved_seg.nii.gz").exists()
+    assert "error" in (out / "cohort.csv").read_text()
+    capsys.readouterr()
+    (out / "0004_s2_to_s3_moved.nii.gz").unlink()
+    assert main(argv + ["--resume"]) == 1
+    assert "1 registered, 3 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_evaluate_accepts_subject_ids_with_image_and_label_folders(tmp_path, capsys):
+    _setup(tmp_path)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "seg").mkdir()
+    for i in range(3):
+        (tmp_path / f"s{i}.nii.gz").rename(tmp_path / "img" / f"SUBJ_{i}.nii.gz")
+        (tmp_path / f"s{i}_seg.nii.gz").rename(tmp_path / "seg" / f"SUBJ_{i}.nii.gz")
+    (tmp_path / "ids.csv").write_text("moving,fixed\nSUBJ_0,SUBJ_1\nSUBJ_1,SUBJ_2\n")
+    base = ["evaluate", "--model", str(tmp_path / "model.pt"), "--pairs", str(tmp_path / "ids.csv"),
+            "--figures", "0", "--no-hd95", "--no-progress"]
+    assert main(base + ["--images", str(tmp_path / "img"), "--segs", str(tmp_path / "seg"),
+                        "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "pairs.csv").read_text()
+    assert "SUBJ_0.nii.gz" in text and "nan" not in text.split("\n")[1].split(",")[3]  # Dice from the seg folder
+    assert (tmp_path / "rep" / "report.html").exists()
+    capsys.readouterr()
+    (tmp_path / "ids.csv").write_text("moving,fixed\nSUBJ_0,SUBJ_9\n")
+    assert main(base + ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "rep2")]) == 1
+    assert "line 2: no image of subject 'SUBJ_9'" in capsys.readouterr().err
