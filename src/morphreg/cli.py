@@ -181,7 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
-    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None)
+    p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
+                   help="regularisation weight; with --method dense it selects the variational Adam solver "
+                        "instead of the default greedy diffeomorphic one (as does a --loss other than ncc)")
+    p.add_argument("--preset", choices=["fast", "accurate"], default=None,
+                   help="--method dense: levels and iterations (fast: 100 50 15; accurate: 200 100 40)")
+    p.add_argument("--levels", type=_int_at_least(1), default=None, help="--method dense: pyramid levels")
+    p.add_argument("--iterations", type=_int_at_least(0), nargs="+", default=None,
+                   help="--method dense: iterations per level, coarse to fine (e.g. 200 100 50)")
+    p.add_argument("--inverse-warp", default=None,
+                   help="output: displacement field of the inverse transform (--method dense)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--matrix", default=None, help="output: affine matrix (text) for affine/rigid")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -449,12 +459,21 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--moved-seg needs --moving-seg")
     if (args.affine or args.affine_model) and method != "network":
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    greedy = method == "dense" and (args.loss or "ncc") == "ncc" and args.weight is None
+    if args.inverse_warp and not greedy:
+        raise UserError("--inverse-warp is written by the greedy dense method: use --method dense "
+                        "(without --lambda, with --loss ncc)")
+    if (args.preset or args.levels or args.iterations) and not greedy:
+        raise UserError("--preset/--levels/--iterations set the greedy dense method: use --method dense "
+                        "(without --lambda, with --loss ncc)")
+    if args.levels and args.iterations and len(args.iterations) not in (1, args.levels):
+        raise UserError(f"--iterations needs 1 or --levels ({args.levels}) values, got {len(args.iterations)}")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
-    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix",
-                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp"})
+    _check_outputs(args, "--moved", "--warp", "--moved-seg", "--matrix", "--inverse-warp",
+                   kinds={"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--inverse-warp": "warp"})
     _check_distinct({flag: getattr(args, flag[2:].replace("-", "_")) for flag in
-                     ("--moved", "--warp", "--moved-seg", "--matrix")},
+                     ("--moved", "--warp", "--moved-seg", "--matrix", "--inverse-warp")},
                     {flag: getattr(args, flag[2:].replace("-", "_")) for flag in
                      ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model")})
     device = _device_or_error(args.device)
@@ -482,6 +501,11 @@ def cmd_register(args: argparse.Namespace) -> int:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
     _save_outputs(args, pair, result.moved, result.disp, result.moved_seg)
+    if args.inverse_warp:
+        from . import io
+
+        inverse = register.inverse_disp.detach().float().cpu()[0].numpy()
+        io.save_warp(inverse, args.inverse_warp, pair.fixed.affine, units=args.warp_units, header=pair.fixed.header)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
 
