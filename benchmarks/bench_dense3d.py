@@ -215,7 +215,8 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
             continue
         fold = None if r.get("fold") is None else 100 * r["fold"]
         lines.append(f"| {r['method']} | {r['direction']} | {r['dice_seg35']:.4f} | {r['dice_seg4']:.4f} | "
-                     f"{fmt(fold, '.4f')} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mb']:.0f} | {r['load']:.1f} |")
+                     f"{fmt(fold, '.4f')} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mb']:.0f} | "
+                     f"{r['load']:.1f} |")
     lines += ["", "Settings: morphreg dense = `register --method dense --preset fast|accurate` (greedy compositive "
               "local NCC, radius 2, fluid sigma 1, elastic sigma 0.5, step 1 voxel, levels 4/2/1); morphreg affine = "
               "`register --method affine` (defaults); ANTs = `ants.registration(type_of_transform=...)` defaults; "

@@ -23,7 +23,9 @@ from .._checks import check_positive_int
 from ._common import downsample, gaussian_blur, level_shapes, per_level
 from .dense import _check_pair
 
-__all__ = ["GREEDY_PRESETS", "GreedyResult", "box_sum", "invert_disp", "lncc_force", "register_greedy"]
+__all__ = [
+    "GREEDY_PRESETS", "GreedyResult", "box_sum", "gaussian_smooth", "invert_disp", "lncc_force", "register_greedy"
+]
 
 #: Named settings (levels, iterations per level coarse to fine). ``fast`` is the default.
 GREEDY_PRESETS: dict[str, dict[str, object]] = {
@@ -53,22 +55,29 @@ class GreedyResult(NamedTuple):
 
 
 def box_sum(image: torch.Tensor, radius: int) -> torch.Tensor:
-    """Sum over a ``(2 radius + 1)^ndim`` window, one axis at a time (zero padding), same shape.
+    """Sum over a ``(2 radius + 1)^ndim`` window (zero padding), same shape.
+
+    One cumulative sum and one difference per axis: the cost does not grow with the window.
 
     Args:
         image: ``(B, C, *spatial)``.
     """
     ndim = image.dim() - 2
-    pool = getattr(F, f"avg_pool{ndim}d")
-    width = 2 * radius + 1
     out = image
     for axis in range(ndim):
-        kernel = [1] * ndim
-        kernel[axis] = width
-        padding = [0] * ndim
-        padding[axis] = radius
-        out = pool(out, kernel, stride=1, padding=padding, count_include_pad=True)
-    return out * float(width**ndim)
+        dim = 2 + axis
+        size = out.shape[dim]
+        pad = [0] * (2 * ndim)
+        pad[2 * (ndim - 1 - axis)] = radius + 1  # F.pad lists the last axis first
+        pad[2 * (ndim - 1 - axis) + 1] = radius
+        cumulative = torch.cumsum(F.pad(out, pad), dim=dim)
+        out = cumulative.narrow(dim, 2 * radius + 1, size) - cumulative.narrow(dim, 0, size)
+    return out
+
+
+def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, *spatial)`` with one sigma (voxels) on every axis."""
+    return gaussian_blur(field, [sigma] * (field.dim() - 2)) if sigma > 0 else field
 
 
 def lncc_force(moved: torch.Tensor, fixed: torch.Tensor, radius: int, eps: float = 1e-5) -> tuple[torch.Tensor, float]:
@@ -117,10 +126,6 @@ def invert_disp(disp: torch.Tensor, iterations: int = 50, damping: float = 0.3) 
     for _ in range(iterations):
         inverse = (1.0 - damping) * inverse - damping * spatial.warp(disp, inverse, padding="border")
     return inverse
-
-
-def _smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
-    return gaussian_blur(field, [sigma] * (field.dim() - 2)) if sigma > 0 else field
 
 
 @torch.no_grad()
@@ -178,10 +183,10 @@ def register_greedy(
         for it in range(steps):
             moved = spatial.warp(moving_l, disp)
             force, cc = lncc_force(moved, fixed_l, radius)
-            update = _smooth(force, fluid_sigma)
+            update = gaussian_smooth(force, fluid_sigma)
             norm = update.square().sum(1, keepdim=True).sqrt().amax(dim=tuple(range(1, update.dim())), keepdim=True)
             update = update * (step / norm.clamp_min(1e-12))
-            disp = _smooth(spatial.compose(disp, update), elastic_sigma)
+            disp = gaussian_smooth(spatial.compose(disp, update), elastic_sigma)
             history.append(-cc)
             if progress is not None:
                 progress(level, len(shapes), it, steps, -cc, time.perf_counter() - start)
