@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
-    p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
+    p.add_argument("--loss", choices=["mse", "ncc", "gncc", "mi"], default=None,
+                   help="similarity for --method/--optimize: mse, ncc (local), gncc (global NCC), mi "
+                        "(default: gncc for affine/rigid, ncc otherwise)")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
                    help="regularisation weight; with --method dense it selects the variational Adam solver "
                         "instead of the default greedy diffeomorphic one (as does a --loss other than ncc)")
