@@ -24,7 +24,8 @@ from ._common import downsample, gaussian_blur, level_shapes, per_level
 from .dense import _check_pair
 
 __all__ = [
-    "GREEDY_PRESETS", "GreedyResult", "box_sum", "gaussian_smooth", "invert_disp", "lncc_force", "register_greedy"
+    "GREEDY_PRESETS", "GreedyResult", "box_sum", "gaussian_smooth", "invert_disp", "invert_disp_pyramid",
+    "lncc_force", "register_greedy",
 ]
 
 #: Named settings (levels, iterations per level coarse to fine). ``fast`` is the default.
@@ -32,6 +33,9 @@ GREEDY_PRESETS: dict[str, dict[str, object]] = {
     "fast": {"levels": 3, "iterations": (100, 50, 15)},
     "accurate": {"levels": 3, "iterations": (200, 100, 40)},
 }
+
+#: Fields with more voxels than this are inverted coarse to fine (:func:`invert_disp_pyramid`).
+LARGE_FIELD = 2**20
 
 #: ``progress(level, n_levels, iteration, n_iterations, loss, elapsed_s)``
 ProgressFn = Callable[[int, int, int, int, float, float], None]
@@ -110,7 +114,9 @@ def lncc_force(moved: torch.Tensor, fixed: torch.Tensor, radius: int, eps: float
     return force, float(cc.mean())
 
 
-def invert_disp(disp: torch.Tensor, iterations: int = 50, damping: float = 0.3) -> torch.Tensor:
+def invert_disp(
+    disp: torch.Tensor, iterations: int = 50, damping: float = 0.3, start: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse of a smooth invertible displacement by damped fixed-point iteration.
 
     Solves ``w(x) = -disp(x + w(x))`` so that ``compose(disp, w) ≈ 0`` (and
@@ -121,11 +127,28 @@ def invert_disp(disp: torch.Tensor, iterations: int = 50, damping: float = 0.3) 
 
     Args:
         disp: ``(B, ndim, *spatial)`` in voxels.
+        start: ``(B, ndim, *spatial)`` first estimate (default ``-disp``).
     """
-    inverse = -disp
+    inverse = -disp if start is None else start
     for _ in range(iterations):
         inverse = (1.0 - damping) * inverse - damping * spatial.warp(disp, inverse, padding="border")
     return inverse
+
+
+def invert_disp_pyramid(disp: torch.Tensor, iterations: int = 50, refine: int = 15) -> torch.Tensor:
+    """:func:`invert_disp` solved at half resolution, then refined at full resolution.
+
+    About 8x cheaper in 3D than iterating at full resolution, for smooth fields.
+
+    Args:
+        disp: ``(B, ndim, *spatial)`` in voxels.
+        iterations: iterations at half resolution; ``refine``: at full resolution.
+    """
+    shape = [max(2, (s + 1) // 2) for s in disp.shape[2:]]
+    if min(disp.shape[2:]) < 32:
+        return invert_disp(disp, iterations)
+    coarse = invert_disp(spatial.resize(disp, size=shape), iterations)
+    return invert_disp(disp, refine, start=spatial.resize(coarse, size=disp.shape[2:]))
 
 
 @torch.no_grad()
@@ -191,5 +214,7 @@ def register_greedy(
             if progress is not None:
                 progress(level, len(shapes), it, steps, -cc, time.perf_counter() - start)
     moved = spatial.warp(moving, disp)
-    inverse_disp = invert_disp(disp) if inverse else None
+    inverse_disp = None
+    if inverse:  # large fields: solve at half resolution first (about 2.5x cheaper in 3D)
+        inverse_disp = invert_disp_pyramid(disp) if disp[0, 0].numel() > LARGE_FIELD else invert_disp(disp)
     return GreedyResult(disp, inverse_disp, moved, history)
