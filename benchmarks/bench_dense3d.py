@@ -171,10 +171,17 @@ def main() -> int:
     parser.add_argument("--directions", nargs="+", default=["1to2", "2to1"])
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--report", type=Path, default=REPORT, help="markdown report to write")
+    parser.add_argument("--from-json", nargs="+", type=Path, default=None,
+                        help="only rewrite the report from the JSON lines printed by earlier runs")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], Path(args.child[2]))
+        return 0
+    if args.from_json:
+        rows = [json.loads(line) for path in args.from_json for line in path.read_text().splitlines()
+                if line.startswith("{")]
+        write_report(rows, args)
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads), PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
@@ -218,6 +225,25 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
         lines.append(f"| {r['method']} | {r['direction']} | {r['dice_seg35']:.4f} | {r['dice_seg4']:.4f} | "
                      f"{fmt(fold, '.4f')} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mb']:.0f} | "
                      f"{r['load']:.1f} |")
+    lines += ["", "## Headline (CPU time ratios, morphreg dense vs the peers of the same direction)", ""]
+    for r in rows:
+        if not r["method"].startswith("morphreg_dense") or "error" in r:
+            continue
+        peers = [p for p in rows if p["direction"] == r["direction"] and not p["method"].startswith("morphreg")
+                 and "error" not in p]
+        better = [p for p in peers if p["dice_seg35"] >= r["dice_seg35"]]
+        if better:
+            best = min(better, key=lambda p: p["cpu_s"])
+            lines.append(f"- {r['method']} {r['direction']}: fastest peer at equal or better Dice seg35 is "
+                         f"{best['method']} ({best['dice_seg35']:.4f}); CPU time ratio morphreg/peer = "
+                         f"{r['cpu_s'] / best['cpu_s']:.2f}")
+        elif peers:
+            best = max(peers, key=lambda p: p["dice_seg35"])
+            fastest = min(peers, key=lambda p: p["cpu_s"])
+            lines.append(f"- {r['method']} {r['direction']}: no peer reaches its Dice seg35 {r['dice_seg35']:.4f} "
+                         f"(best peer {best['method']} {best['dice_seg35']:.4f}); CPU time ratio to the best peer "
+                         f"{r['cpu_s'] / best['cpu_s']:.2f}, to the fastest peer ({fastest['method']}) "
+                         f"{r['cpu_s'] / fastest['cpu_s']:.2f}")
     lines += ["", "Settings: morphreg dense = `register --method dense --preset fast|accurate` (greedy compositive "
               "local NCC, radius 2, fluid sigma 1, elastic sigma 0.5, step 1 voxel, levels 4/2/1); morphreg affine = "
               "`register --method affine` (defaults); ANTs = `ants.registration(type_of_transform=...)` defaults; "
