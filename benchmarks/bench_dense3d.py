@@ -228,12 +228,12 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
         lines.append(f"| {r['method']} | {r['direction']} | {r['dice_seg35']:.4f} | {r['dice_seg4']:.4f} | "
                      f"{fmt(fold, '.4f')} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mb']:.0f} | "
                      f"{r['load']:.1f} |")
-    lines += ["", "## Headline (CPU time ratios, morphreg dense vs the peers of the same direction)", ""]
+    lines += ["", "## Headline (CPU time ratios, morphreg dense vs the deformable peers of the same direction)", ""]
     for r in rows:
         if not r["method"].startswith("morphreg_dense") or "error" in r:
             continue
         peers = [p for p in rows if p["direction"] == r["direction"] and not p["method"].startswith("morphreg")
-                 and "error" not in p]
+                 and not p["method"].endswith("affine") and "error" not in p]  # deformable peers only
         better = [p for p in peers if p["dice_seg35"] >= r["dice_seg35"]]
         if better:
             best = min(better, key=lambda p: p["cpu_s"])
