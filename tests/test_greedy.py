@@ -48,6 +48,8 @@ def test_greedy_improves_dice_without_folding_and_inverts(ndim, size):
     inner = roundtrip[(slice(None), slice(None), *[slice(4, -4)] * ndim)]
     assert float(inner.abs().max()) < 0.1
     assert register_greedy(moving, fixed, levels=1, iterations=2, inverse=False).inverse_disp is None
+    output = result.to_output()
+    assert output.disp is result.disp and output.inverse_disp is result.inverse_disp and output.velocity is None
 
 
 def test_pyramid_inverse_is_close_to_full_resolution_inverse():

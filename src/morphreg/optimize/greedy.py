@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from .. import spatial
 from .._checks import check_positive_int
 from ._common import downsample, gaussian_blur, level_shapes, per_level
 from .dense import _check_pair
+
+if TYPE_CHECKING:
+    from ..models.vxm import RegistrationOutput
 
 __all__ = [
     "GREEDY_PRESETS", "GreedyResult", "box_sum", "gaussian_smooth", "invert_disp", "invert_disp_pyramid",
@@ -56,6 +59,13 @@ class GreedyResult(NamedTuple):
     inverse_disp: torch.Tensor | None
     moved: torch.Tensor
     loss_history: list[float]
+
+    def to_output(self) -> RegistrationOutput:
+        """The same result as the :class:`~morphreg.models.RegistrationOutput` networks return."""
+        from ..models.vxm import RegistrationOutput
+
+        return RegistrationOutput(moved=self.moved, disp=self.disp, velocity=None, inverse_disp=self.inverse_disp,
+                                  moved_fixed=None)
 
 
 def box_sum(image: torch.Tensor, radius: int) -> torch.Tensor:
