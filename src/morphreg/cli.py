@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regularisation weight; with --method dense it selects the variational Adam solver "
                         "instead of the default greedy diffeomorphic one (as does a --loss other than ncc)")
     p.add_argument("--preset", choices=["fast", "accurate"], default=None,
-                   help="--method dense: levels and iterations (fast: 100 50 15; accurate: 200 100 40)")
+                   help="--method dense: levels and iterations (fast: 100 50 8; accurate: 200 100 40)")
     p.add_argument("--levels", type=_int_at_least(1), default=None, help="--method dense: pyramid levels")
     p.add_argument("--iterations", type=_int_at_least(0), nargs="+", default=None,
                    help="--method dense: iterations per level, coarse to fine (e.g. 200 100 50)")

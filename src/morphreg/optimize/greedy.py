@@ -33,7 +33,7 @@ __all__ = [
 
 #: Named settings (levels, iterations per level coarse to fine). ``fast`` is the default.
 GREEDY_PRESETS: dict[str, dict[str, object]] = {
-    "fast": {"levels": 3, "iterations": (100, 50, 15)},
+    "fast": {"levels": 3, "iterations": (100, 50, 8)},
     "accurate": {"levels": 3, "iterations": (200, 100, 40)},
 }
 
@@ -167,7 +167,7 @@ def register_greedy(
     fixed: torch.Tensor,
     *,
     levels: int = 3,
-    iterations: int | Sequence[int] = (100, 50, 15),
+    iterations: int | Sequence[int] = (100, 50, 8),
     radius: int = 2,
     step: float = 1.0,
     fluid_sigma: float = 1.0,
