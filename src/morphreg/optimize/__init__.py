@@ -26,7 +26,6 @@ from .affine import (
     register_affine,
 )
 from .dense import REGULARISERS, DenseResult, refine_network_prediction, register_dense
-from .greedy import GREEDY_PRESETS, GreedyResult, invert_disp, register_greedy
 from .ffd import (
     FFDResult,
     bspline_disp,
@@ -35,6 +34,7 @@ from .ffd import (
     refine_control_points,
     register_ffd,
 )
+from .greedy import GREEDY_PRESETS, GreedyResult, invert_disp, register_greedy
 from .landmarks import ThinPlateSpline, fit_affine, fit_tps, tps_kernel, tre
 
 __all__ = [
