@@ -232,10 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
     p.add_argument("--optimize", type=_non_negative_int, default=0,
                    help="instance-specific optimisation steps refining the network's field")
-    p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method/--optimize")
+    p.add_argument("--loss", choices=["mse", "ncc", "gncc", "mi"], default=None,
+                   help="similarity for --method/--optimize: mse, ncc (local), gncc (global NCC), mi "
+                        "(default: gncc for affine/rigid, ncc otherwise)")
     p.add_argument("--lambda", dest="weight", type=_non_negative_float, default=None,
-                   help="smoothness weight of --method dense/ffd and --optimize (default: per loss, 1 for ncc); "
+                   help="regularisation weight; with --method dense it selects the variational Adam solver "
+                        "instead of the default greedy diffeomorphic one (as does a --loss other than ncc); "
                         "with a HyperMorph --model, the lambda it registers with")
+    p.add_argument("--preset", choices=["fast", "accurate"], default=None,
+                   help="--method dense: levels and iterations (fast: 100 50 8; accurate: 200 100 40)")
+    p.add_argument("--levels", type=_int_at_least(1), default=None, help="--method dense: pyramid levels")
+    p.add_argument("--iterations", type=_int_at_least(0), nargs="+", default=None,
+                   help="--method dense: iterations per level, coarse to fine (e.g. 200 100 50)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
     p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
     p.add_argument("--init-matrix", default=None,
@@ -649,6 +658,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise UserError("--moved-seg needs --moving-seg")
     if (args.affine or args.affine_model) and method != "network":
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    greedy = method == "dense" and (args.loss or "ncc") == "ncc" and args.weight is None
+    if (args.preset or args.levels or args.iterations) and not greedy:
+        raise UserError("--preset/--levels/--iterations set the greedy dense method: use --method dense "
+                        "(without --lambda, with --loss ncc)")
+    if args.levels and args.iterations and len(args.iterations) not in (1, args.levels):
+        raise UserError(f"--iterations needs 1 or --levels ({args.levels}) values, got {len(args.iterations)}")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
         raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
     _label_table(args)  # a bad --labels fails before any work
@@ -695,7 +710,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.optimize:
         register = refine_register_fn(register, args)
     result = register_pair(pair, register, normalise=normalise)
-    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg, result.inverse_disp)
+    inverse = result.inverse_disp
+    if inverse is None and greedy and not (args.init_matrix or args.init_warp or args.optimize):
+        greedy_inverse = getattr(register, "inverse_disp", None)  # the greedy method's own inverse
+        inverse = greedy_inverse.detach().float().cpu()[0].numpy() if greedy_inverse is not None else None
+    _save_outputs(args, pair, result.moved, result.disp, result.moved_seg, inverse)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
         from .interop import save_matrix

@@ -5,6 +5,9 @@
 * :func:`register_dense` — dense displacement or stationary-velocity field fitted to one pair
   with the training loss; :func:`refine_network_prediction` starts it from a network's output
   without touching the network (:mod:`.dense`).
+* :func:`register_greedy` — greedy diffeomorphic local-NCC registration with compositive,
+  Gaussian-smoothed updates and its inverse; the default of ``register --method dense``
+  (:mod:`.greedy`).
 * :func:`register_ffd` — cubic B-spline free-form deformation with bending energy (:mod:`.ffd`).
 * :func:`tre`, :func:`fit_tps`, :func:`fit_affine` — landmarks (:mod:`.landmarks`).
 
@@ -31,6 +34,7 @@ from .ffd import (
     refine_control_points,
     register_ffd,
 )
+from .greedy import GREEDY_PRESETS, GreedyResult, invert_disp, register_greedy
 from .landmarks import ThinPlateSpline, fit_affine, fit_tps, tps_kernel, tre
 
 __all__ = [
@@ -39,6 +43,8 @@ __all__ = [
     "AffineResult",
     "DenseResult",
     "FFDResult",
+    "GREEDY_PRESETS",
+    "GreedyResult",
     "REGULARISERS",
     "ThinPlateSpline",
     "bspline_disp",
@@ -47,6 +53,7 @@ __all__ = [
     "control_grid_shape",
     "fit_affine",
     "fit_tps",
+    "invert_disp",
     "matrix_to_world",
     "moments_init",
     "refine_control_points",
@@ -54,6 +61,7 @@ __all__ = [
     "register_affine",
     "register_dense",
     "register_ffd",
+    "register_greedy",
     "tps_kernel",
     "tre",
 ]

@@ -25,6 +25,7 @@ class Registration:
     def __init__(self, run: RegisterFn) -> None:
         self.run = run
         self.matrix_world: Any = None
+        self.inverse_disp: torch.Tensor | None = None
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         return self.run(moving, fixed)
@@ -37,6 +38,59 @@ def affine_step(transform: str, loss: str, pair: PairOnGrid, holder: Registratio
         result = optimize.register_affine(moving, fixed, transform=transform, loss=loss,
                                           moving_affine=pair.fixed.affine, fixed_affine=pair.fixed.affine)
         holder.matrix_world = result.matrix_world[0].detach().cpu().numpy()
+        return result.disp
+
+    return run
+
+
+def greedy_settings(preset: str | None, levels: int | None, iterations: list[int] | None) -> dict[str, Any]:
+    """Levels and iterations of :func:`morphreg.optimize.register_greedy` from a preset and overrides.
+
+    ``iterations`` given without ``levels`` sets the number of levels to its length.
+    """
+    settings = dict(optimize.GREEDY_PRESETS[preset or "fast"])
+    if iterations is not None:
+        settings["iterations"] = tuple(iterations)
+        settings["levels"] = levels or len(iterations)
+    elif levels is not None:
+        default = list(settings["iterations"])  # type: ignore[arg-type]
+        settings["levels"] = levels
+        settings["iterations"] = tuple(([default[0]] * levels + default)[-levels:])
+    return settings
+
+
+def tqdm_progress(desc: str, enabled: bool) -> Any:
+    """A ``progress(level, n_levels, iteration, n_iterations, loss, elapsed)`` callback drawing a
+    tqdm bar per level on stderr (``None`` when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bars: dict[int, Any] = {}
+
+    def progress(level: int, n_levels: int, iteration: int, n_iterations: int, loss: float, elapsed: float) -> None:
+        if level not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[level] = tqdm(total=n_iterations, desc=f"{desc} level {level + 1}/{n_levels}", leave=True)
+        bar = bars[level]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", elapsed=f"{elapsed:.1f}s", refresh=False)
+        if iteration + 1 == n_iterations and level + 1 == n_levels:
+            bar.close()
+
+    return progress
+
+
+def greedy_step(args: Any, holder: Registration) -> RegisterFn:
+    """``(moving, fixed) -> disp`` by greedy diffeomorphic registration; stores the inverse on ``holder``."""
+    settings = greedy_settings(getattr(args, "preset", None), getattr(args, "levels", None),
+                               getattr(args, "iterations", None))
+    progress = tqdm_progress("dense", not getattr(args, "quiet", False))
+
+    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        result = optimize.register_greedy(moving, fixed, progress=progress, **settings)
+        holder.inverse_disp = result.inverse_disp
         return result.disp
 
     return run
@@ -72,6 +126,8 @@ def _method_run(method: str, args: Any, pair: PairOnGrid, network: RegisterFn | 
     weight = DEFAULT_WEIGHT[loss] if args.weight is None else args.weight
     if method in ("affine", "rigid"):
         return affine_step(method, loss, pair, holder)
+    if method == "dense" and loss == "ncc" and args.weight is None:
+        return greedy_step(args, holder)
     if method == "dense":
         # a stationary velocity field: same Dice as a displacement on OASIS 2D, without folding
         return lambda m, f: optimize.register_dense(m, f, loss=loss, weight=weight, velocity=True).disp
