@@ -457,7 +457,7 @@ def test_ddp_two_processes_match_one_process_at_the_same_global_batch(corpus, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "morphreg.cli", *_train_cmd(corpus / "img", tmp_path / "ddp", steps, "--batch-size", "1")]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     one, two = _weights(tmp_path / "single" / "last.pt"), _weights(tmp_path / "ddp" / "last.pt")
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
@@ -483,7 +483,7 @@ def test_batch_evaluation_splits_pairs_across_ranks(corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "morphreg.cli", *common, "--out", str(tmp_path / "two")]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     drop_time = lambda path: [r.rsplit(",", 1)[0] for r in path.read_text().splitlines()]  # noqa: E731
     one, two = drop_time(tmp_path / "one" / "pairs.csv"), drop_time(tmp_path / "two" / "pairs.csv")

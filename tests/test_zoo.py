@@ -150,7 +150,7 @@ def test_register_cli_with_a_built_in_model(shapes, tmp_path, capsys):
 
 def test_cards_are_valid_json_with_held_out_numbers():
     for name in NAMES:
-        card = json.loads((Path(zoo.__file__).parent / f"{name}.json").read_text())
+        card = json.loads((Path(zoo.__file__).parent / f"{name}.json").read_text(encoding="utf-8"))
         held = card["held_out"]
         assert held["pairs"] == 128
         assert held["dice_seg24"] > held["dice_seg24_before"]
