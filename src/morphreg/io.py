@@ -736,6 +736,27 @@ def _linear_part(affine: np.ndarray, ndim: int) -> np.ndarray:
     return affine[:3, :ndim]
 
 
+def field_array(fn: str, disp: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``disp`` as a finite ``(ndim, *spatial)`` numpy array (a leading batch of 1 is dropped).
+
+    Raises ``ValueError`` naming ``fn`` for another shape or for NaN/inf values.
+    """
+    if isinstance(disp, torch.Tensor):
+        disp = disp.detach().cpu().numpy()
+    disp = np.asarray(disp)
+    if disp.ndim >= 4 and disp.shape[0] == 1 and disp.shape[1] == disp.ndim - 2:
+        disp = disp[0]
+    ndim = disp.ndim - 1
+    if ndim not in (2, 3) or disp.shape[0] != ndim:
+        raise ValueError(
+            f"{fn}: argument 'disp' must have shape (ndim, *spatial) with ndim = 2 or 3 "
+            f"spatial dims, got shape {disp.shape}"
+        )
+    if not np.isfinite(disp).all():
+        raise ValueError(f"{fn}: argument 'disp' contains NaN or inf")
+    return disp
+
+
 def save_warp(
     disp: np.ndarray | torch.Tensor,
     path: PathLike,
@@ -759,21 +780,10 @@ def save_warp(
     ``"morphreg warp; units=<units>; pull-back: moved(x)=moving(x+u(x))"``.
     """
     fn = "morphreg.io.save_warp"
-    if isinstance(disp, torch.Tensor):
-        disp = disp.detach().cpu().numpy()
-    disp = np.asarray(disp)
-    if disp.ndim >= 4 and disp.shape[0] == 1 and disp.shape[1] == disp.ndim - 2:
-        disp = disp[0]
+    disp = field_array(fn, disp)
     ndim = disp.ndim - 1
-    if ndim not in (2, 3) or disp.shape[0] != ndim:
-        raise ValueError(
-            f"{fn}: argument 'disp' must have shape (ndim, *spatial) with ndim = 2 or 3 "
-            f"spatial dims, got shape {disp.shape}"
-        )
     if disp.dtype.kind != "f":
         raise TypeError(f"{fn}: argument 'disp' must be floating point, got dtype {disp.dtype}")
-    if not np.isfinite(disp).all():
-        raise ValueError(f"{fn}: argument 'disp' contains NaN or inf")
     if units not in WARP_UNITS:
         raise ValueError(f"{fn}: argument 'units' must be one of {list(WARP_UNITS)}, got {units!r}")
     path = Path(path)

@@ -62,16 +62,8 @@ def save_itk_warp(disp: np.ndarray | torch.Tensor, path: str | Path, affine: np.
     image from it.
     """
     fn = "morphreg.interop.save_itk_warp"
-    if isinstance(disp, torch.Tensor):
-        disp = disp.detach().cpu().numpy()
-    disp = np.asarray(disp)
-    if disp.ndim >= 4 and disp.shape[0] == 1 and disp.shape[1] == disp.ndim - 2:
-        disp = disp[0]
+    disp = io.field_array(fn, disp)
     ndim = disp.ndim - 1
-    if ndim not in (2, 3) or disp.shape[0] != ndim:
-        raise ValueError(f"{fn}: argument 'disp' must have shape (ndim, *spatial), ndim 2 or 3, got {disp.shape}")
-    if not np.isfinite(disp).all():
-        raise ValueError(f"{fn}: argument 'disp' contains NaN or inf")
     affine = np.asarray(affine, dtype=np.float64)
     if ndim == 2:
         _in_plane(affine)
