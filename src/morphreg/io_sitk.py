@@ -9,6 +9,7 @@ are read as one channel; other colour images as their mean over the colour chann
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def read_sitk(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{fn}: cannot read '{path}': file does not exist")
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        detail = " ".join(str(err).split())[-160:]
+        # keep ITK's own sentence, not its source location and object address
+        detail = re.sub(r"^.*ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", " ".join(str(err).split()))[-160:]
         raise ValueError(f"{fn}: cannot read '{path}' with SimpleITK: {detail}") from None
     ndim = image.GetDimension()
     if ndim not in (2, 3):
