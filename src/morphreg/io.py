@@ -37,10 +37,8 @@ import gzip
 import math
 import os
 import re
-import secrets
 import zipfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +50,7 @@ from nibabel.filebasedimages import FileBasedHeader
 from scipy import ndimage
 
 from . import _limits
+from ._files import atomic_write
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -588,28 +587,7 @@ def same_path(a: PathLike, b: PathLike) -> bool:
 def save_text(text: str, path: PathLike) -> None:
     """Write ``text`` to ``path`` atomically (the parent folder is created)."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file next to ``path`` (same suffix), then rename.
-
-    The temporary file is hidden (leading dot), created with the usual umask permissions, and
-    deleted if anything fails, so ``path`` is either the old file or the complete new one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stem, ext = split_ext(path)
-    tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.tmp{ext}"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _storage_data(fn: str, data: np.ndarray, fmt: str) -> np.ndarray:
@@ -711,7 +689,7 @@ def save_volume(volume: Volume, path: PathLike, description: str | None = None) 
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **{_NPZ_WRITE_KEY: data})
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------------
@@ -805,7 +783,7 @@ def save_warp(
         img.header.set_intent(NIFTI_INTENT_VECTOR, (), name=f"units={units}")
         nib.save(img, str(tmp))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 _UNITS_RE = re.compile(r"units\s*=\s*(voxel|mm)\b")

@@ -18,6 +18,7 @@ import numpy as np
 from nibabel import orientations
 
 from . import io
+from ._files import atomic_write
 
 #: Label tables shipped as package data (FreeSurfer LUT format).
 BUILTIN_LABEL_TABLES = ("seg4", "seg24", "seg35")
@@ -215,7 +216,7 @@ def plot_qc(
         fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight")
 
     try:
-        io._atomic_write(path, write)
+        atomic_write(path, write)
     finally:
         plt.close(fig)
     return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -43,6 +42,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ._files import atomic_write
 from .spatial import jacobian_det
 
 __all__ = [
@@ -308,7 +308,7 @@ def _single_panel_in(views: Sequence[SliceView]) -> float:
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
-    """Write ``fig`` atomically: a temporary file in the same folder, then ``os.replace``."""
+    """Write ``fig`` with :func:`morphreg._files.atomic_write` (format from the suffix)."""
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
@@ -316,13 +316,7 @@ def _save(fig: Figure, path: PathLike) -> Path:
             f"morphreg.viz: cannot write '{path.name}': format '{fmt}' is not one of "
             f"{sorted(fig.canvas.get_supported_filetypes())}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.08)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.08))
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._files import atomic_write
 
 #: RAS <-> LPS: negate x and y.
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
@@ -83,7 +84,7 @@ def save_itk_warp(disp: np.ndarray | torch.Tensor, path: str | Path, affine: np.
         img.header["descrip"] = ITK_DESCRIPTION.encode("ascii")
         nib.save(img, str(tmp))
 
-    io._atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def load_itk_warp(path: str | Path) -> io.WarpField:

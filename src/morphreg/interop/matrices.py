@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import io
+from .._files import atomic_write
 
 MATRIX_FORMATS = ("ras", "itk", "fsl", "lta")
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
@@ -97,13 +98,13 @@ def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: io.Volume
         transform.SetMatrix(lps[:ndim, :ndim].ravel().tolist())
         transform.SetTranslation(lps[:ndim, 3].tolist())
         suffix = path.suffix.lower() if path.suffix.lower() in (".mat", ".txt", ".tfm") else ".txt"
-        io._atomic_write(path, lambda tmp: _write_via(tmp, suffix, transform))
+        atomic_write(path, lambda tmp: _write_via(tmp, suffix, transform))
         return
     from nitransforms.linear import Affine
 
     xfm = Affine(matrix, reference=_nifti_of(fixed))
     name = _NITRANSFORMS_NAME[fmt]
-    io._atomic_write(path, lambda tmp: xfm.to_filename(str(tmp), fmt=name, moving=_nifti_of(moving)))
+    atomic_write(path, lambda tmp: xfm.to_filename(str(tmp), fmt=name, moving=_nifti_of(moving)))
 
 
 def _write_via(tmp: Path, suffix: str, transform: object) -> None:

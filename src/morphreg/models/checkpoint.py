@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import _limits
+from .._files import atomic_write
 
 FORMAT = "morphreg-checkpoint-v1"
 _REGISTRY: dict[str, type[SavableModel]] = {}
@@ -30,19 +30,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`morphreg._files.atomic_write` (a reader never sees half a checkpoint)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 #: torch.save stores its zip members uncompressed: declared sizes far above the file's own size

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import atomic_write_text
 from ..data import PairDataset, load_collection, split_subjects, synthetic_shapes
 from .datasets import load_optional_segs, subset
 from .evaluate import EvalPair, evaluate_pairs, timed
@@ -102,7 +103,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     summary["best_val_dice"] = result.best_val_dice
     summary["subjects"] = {"train": train_ids, "validation": val_ids, "test": test}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     print(f"total time {summary['total_seconds']:.0f} s (training {train_seconds:.0f} s); "
           f"figures in {out / 'eval' / 'figures'}")
     return summary

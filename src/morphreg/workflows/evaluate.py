@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import io, metrics, spatial
+from .._files import atomic_write, atomic_write_text
 from ..data import read_pairs_csv
 from . import distributed as dist_utils
 from .register import RegisterFn, check_finite_field, load_pair, network_input
@@ -80,13 +81,14 @@ def _nan_stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    atomic_write(path, write)
 
 
 def evaluate_pairs(
@@ -178,9 +180,7 @@ def evaluate_pairs(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
     _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if structure_rows and viz is not None:
         viz.plot_dice_boxplot({"before": per_structure["before"], "after": per_structure["after"]},
                               out / "figures" / "dice_per_structure.png", title=f"{method}: Dice per structure")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import _limits, losses, metrics, spatial
+from .._files import atomic_write, atomic_write_text
 from ..data import PairDataset
 from ..models import AffineNet, HyperVxmDense, SavableModel, VxmDense
 from ..models.checkpoint import CheckpointError, atomic_torch_save, check_model_size, safe_torch_load
@@ -379,12 +380,14 @@ class _MetricsLog:
                     f"train: cannot resume: '{path}' is damaged ({str(err).splitlines()[0][:120]}); "
                     "repair or delete it (the checkpoint state.pt does not need it)"
                 ) from None
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, METRIC_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(path, write)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -551,9 +554,7 @@ def train(
     if start >= settings.steps:
         logger.info("nothing to do: already at step %d of %d", start, settings.steps)
     if info.is_main:
-        tmp = run_dir / "settings.json.tmp"
-        tmp.write_text(json.dumps(asdict(settings), indent=2))
-        os.replace(tmp, run_dir / "settings.json")
+        atomic_write_text(run_dir / "settings.json", json.dumps(asdict(settings), indent=2))
 
     ddp_model: torch.nn.Module = model
     if info.enabled:
