@@ -289,27 +289,29 @@ def test_cli_init_matrix_and_init_warp_from_itk(tmp_path):
 
 
 def test_with_initial_composes_after_the_start():
-    """The registration sees moving warped by the start, and its result is composed after it."""
-    from morphreg.workflows.initial import matrix_disp, with_initial
+    """The registration sees moving warped by the start, and its result is composed after it; the
+    matrices chain (initial first), and the world matrix of the chain is the initial one for an
+    identity result."""
+    from morphreg.workflows.pipeline import WithInitial, as_output, world_matrix
+    from morphreg.workflows.warps import matrix_disp
 
     shape = SHAPES[2]
     affine = _oblique_affine(2)
     fixed = io.Volume(np.zeros(shape, np.float32), affine)
     matrix = _world_matrix(2, affine, shape)
-    start = matrix_disp(matrix, fixed)
+    start, start_matrix = matrix_disp(matrix, fixed)
     seen = {}
 
     def register(moving, fixed_t):
         seen["moving"] = moving
-        return torch.full_like(start, 0.0)
+        identity = torch.eye(2, 3)[None]
+        return as_output(torch.full_like(start, 0.0), matrix=identity)
 
-    register.matrix_world = np.eye(4)
     image = torch.from_numpy(_image(shape))[None, None]
-    run = with_initial(register, start, matrix)
-    out = run(image, image)
-    torch.testing.assert_close(out, start)
+    out = WithInitial(register, start, start_matrix)(image, image)
+    torch.testing.assert_close(out.disp, start)
     torch.testing.assert_close(seen["moving"], spatial.warp(image, start))
-    np.testing.assert_allclose(run.matrix_world, matrix)
+    np.testing.assert_allclose(world_matrix(out.matrix, affine), matrix, atol=1e-5)
 
 
 def test_every_option_has_help_and_help_shows_defaults(capsys):

@@ -550,7 +550,7 @@ def test_a_zip_bomb_npz_is_refused_by_its_declared_sizes(tmp_path, monkeypatch):
 
 
 def test_memory_errors_give_one_line(corpus, monkeypatch, capsys):
-    from morphreg.workflows import register
+    from morphreg.workflows import files as register
 
     def exhausted(*args, **kwargs):
         raise MemoryError("Unable to allocate 3.20 GiB for an array with shape (1000, 1000, 800)")

@@ -98,7 +98,8 @@ def register(
     Returns:
         :class:`Registration` (numpy arrays and plain numbers).
     """
-    from .workflows.register import PairOnGrid, load_pair, network_register_fn, register_pair
+    from .workflows.files import PairOnGrid, dice_before, load_pair, register_pair
+    from .workflows.pipeline import NetworkRegistration
 
     net = resolve_model(model, map_location=device)
     if weight is not None:
@@ -131,12 +132,12 @@ def register(
                                 "fixed_seg": "fixed_seg"})
     if net.ndim != pair.fixed.ndim:
         raise ValueError(f"morphreg.register: the model is {net.ndim}D but the images are {pair.fixed.ndim}D")
-    result = register_pair(pair, network_register_fn(net, torch.device(device)), normalise=normalise)
+    result = register_pair(pair, NetworkRegistration(net, torch.device(device)), normalise=normalise)
     disp = torch.from_numpy(result.disp)[None]
     scores = {"folding_pct": float(metrics.folding_fraction(disp)), "seconds": float(result.seconds)}
     if result.dice is not None and pair.moving_seg is not None and pair.fixed_seg is not None:
         scores["dice"] = float(torch.nanmean(result.dice.per_label))
-        before = metrics.dice(io.to_tensor(pair.moving_seg), io.to_tensor(pair.fixed_seg), result.dice.labels)
+        before = dice_before(pair, result.dice.labels)
         scores["dice_before"] = float(torch.nanmean(before.per_label))
     return Registration(
         moved=result.moved.data.astype(np.float32),

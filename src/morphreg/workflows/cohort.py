@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import io, spatial
-from .register import PairOnGrid, check_finite_field, load_pair, network_input
+from .files import PairOnGrid, check_finite_field, load_pair, network_input
+from .pipeline import Registration
 
 COLUMNS = ("moving", "fixed", "moving_seg", "fixed_seg")
 
@@ -98,7 +99,7 @@ def _batches(items: list[tuple[CohortRow, PairOnGrid]], size: int) -> Iterator[l
 def register_cohort(
     rows: list[CohortRow],
     out: str | Path,
-    register: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    register: Registration,
     *,
     normalise: str | None,
     batch_size: int = 8,
@@ -107,7 +108,7 @@ def register_cohort(
     progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> CohortSummary:
-    """Register every row with ``register`` (``(B, 1, *s), (B, 1, *s) -> (B, ndim, *s)``) and write its outputs.
+    """Register every row with ``register`` (``(B, 1, *s), (B, 1, *s) -> RegistrationOutput``) and write its outputs.
 
     Args:
         rows: from :func:`read_cohort_csv`.
@@ -153,7 +154,7 @@ def register_cohort(
             try:
                 moving = torch.cat([network_input(p.moving, normalise) for _, p in batch])
                 fixed = torch.cat([network_input(p.fixed, normalise) for _, p in batch])
-                disp = register(moving, fixed).detach().float().cpu()
+                disp = register(moving, fixed).disp.detach().float().cpu()
                 check_finite_field(disp)
             except (ValueError, RuntimeError, FloatingPointError) as err:
                 for row, _ in batch:

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +20,54 @@ import torch
 
 from .._files import atomic_write_text
 from ..data import PairDataset, load_collection, split_subjects, synthetic_shapes
-from .datasets import load_optional_segs, subset
-from .evaluate import EvalPair, evaluate_pairs, timed
-from .register import network_register_fn
+from .evaluate import EvalPair, evaluate_pairs
+from .pipeline import NetworkRegistration
 from .train import TrainSettings, train
+from .training_data import load_optional_segs, subset
 
 DEMO_SHAPE = (96, 112)
 DEMO_STEPS = 4000
 
 
-def _demo_data(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray] | None, str]:
-    if args.data is None:
-        images, labels = synthetic_shapes(args.subjects, DEMO_SHAPE, n_labels=8, seed=args.seed)
-        return list(images), list(labels), f"{args.subjects} synthetic subjects {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]}"
-    images, _ = load_collection(args.data, key=args.npz_key)
-    segs = load_optional_segs(args.segs, args.seg_key, len(images))
-    return images, segs, f"{len(images)} images from {args.data}"
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs on and how long.
+
+    Attributes:
+        out: output folder (run, evaluation, figures, ``demo_summary.json``).
+        data, segs: the user's images and label maps (any form :func:`morphreg.data.load_collection`
+            reads); ``None``: synthetic subjects.
+        key, seg_key: array names of ``.npz`` data / label maps.
+        steps: training steps (``None``: :data:`DEMO_STEPS`).
+        subjects: synthetic subjects made when ``data`` is ``None``.
+        test_pairs: held-out pairs evaluated.
+        max_minutes: training time budget.
+        seed: seed of the data, the split and the training.
+        threads: CPU threads (``None``: torch's default).
+        progress: progress bars.
+    """
+
+    out: str | Path = "demo_out"
+    data: str | None = None
+    segs: str | None = None
+    key: str | None = None
+    seg_key: str | None = None
+    steps: int | None = None
+    subjects: int = 200
+    test_pairs: int = 24
+    max_minutes: float = 6.0
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+def _demo_data(options: DemoOptions) -> tuple[list[np.ndarray], list[np.ndarray] | None, str]:
+    if options.data is None:
+        images, labels = synthetic_shapes(options.subjects, DEMO_SHAPE, n_labels=8, seed=options.seed)
+        return list(images), list(labels), f"{options.subjects} synthetic subjects {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]}"
+    images, _ = load_collection(options.data, key=options.key)
+    segs = load_optional_segs(options.segs, options.seg_key, len(images))
+    return images, segs, f"{len(images)} images from {options.data}"
 
 
 def _split_three_ways(n: int, seed: int) -> tuple[list[int], list[int], list[int]]:
@@ -51,31 +83,31 @@ def _split_three_ways(n: int, seed: int) -> tuple[list[int], list[int], list[int
     return held_out.train, held_out.val[:n_val], held_out.val[n_val:]
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, object]:
+def run_demo(options: DemoOptions) -> dict[str, object]:
     """Run the demo; returns the evaluation summary (also written to ``OUT/eval/summary.json``)."""
-    out = Path(args.out)
+    out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     start = time.perf_counter()
-    images, segs, source = _demo_data(args)
-    train_ids, val_ids, test = _split_three_ways(len(images), args.seed)
-    n_test_pairs = min(args.test_pairs, len(test) - 1)
+    images, segs, source = _demo_data(options)
+    train_ids, val_ids, test = _split_three_ways(len(images), options.seed)
+    n_test_pairs = min(options.test_pairs, len(test) - 1)
     val_pairs = [(i, i + 1) for i in range(len(val_ids) - 1)]
-    train_set = PairDataset(subset(images, train_ids), subset(segs, train_ids), seed=args.seed,
+    train_set = PairDataset(subset(images, train_ids), subset(segs, train_ids), seed=options.seed,
                             normalise="percentile")
     # the checkpoint is chosen on validation subjects that no reported test pair contains
     val_set = PairDataset(subset(images, val_ids), subset(segs, val_ids), "pairs", pairs=val_pairs,
                           normalise="percentile")
-    steps = args.steps or DEMO_STEPS
+    steps = options.steps or DEMO_STEPS
     settings = TrainSettings(loss="ncc", weight=1.0, steps=steps, lr=1e-3, lr_schedule="cosine",
-                             seed=args.seed, device="cpu", val_every=max(steps // 5, 1),
-                             checkpoint_every=max(steps // 5, 1), max_minutes=args.max_minutes)
+                             seed=options.seed, device="cpu", val_every=max(steps // 5, 1),
+                             checkpoint_every=max(steps // 5, 1), max_minutes=options.max_minutes)
     print(f"morphreg demo: {source}; training VxmDense (NCC, lambda=1) for {steps} steps "
-          f"(at most {args.max_minutes:g} min) "
+          f"(at most {options.max_minutes:g} min) "
           f"on {len(train_ids)} subjects, choosing the checkpoint on {len(val_pairs)} validation pairs, "
           f"testing on {n_test_pairs} held-out pairs")
-    result = train(settings, train_set, val_set, out / "run", progress=not args.no_progress)
+    result = train(settings, train_set, val_set, out / "run", progress=options.progress)
     train_seconds = time.perf_counter() - start
     if result.step < steps:
         print(f"morphreg demo: the time budget ended training at step {result.step} of {steps}")
@@ -93,8 +125,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, object]:
             yield EvalPair(f"test{k:02d}", item["moving"][None], item["fixed"][None], *segs,
                            moving_name=str(test[item["moving_index"]]), fixed_name=str(test[item["fixed_index"]]))
 
-    summary = evaluate_pairs(timed(network_register_fn(model, torch.device("cpu"))), pairs(), out / "eval",
-                             figures=4, method="morphreg demo", progress=not args.no_progress)
+    summary = evaluate_pairs(NetworkRegistration(model, torch.device("cpu")), pairs(), out / "eval",
+                             figures=4, method="morphreg demo", progress=options.progress)
     from .. import viz
 
     viz.plot_training_curves(out / "run" / "metrics.csv", out / "training_curves.png")

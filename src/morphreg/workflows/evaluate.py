@@ -20,13 +20,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import io, metrics, spatial
-from .._files import atomic_write, atomic_write_text
+from .._files import ReportDir, atomic_write, atomic_write_text
 from ..data import read_pairs_csv
 from . import distributed as dist_utils
-from .register import RegisterFn, check_finite_field, load_pair, network_input
+from .files import check_finite_field, load_pair, network_input, run_timed
+from .pipeline import Registration
 
 #: The files :func:`evaluate_pairs` writes in its report folder (besides ``figures/``).
-REPORT_FILES = ("pairs.csv", "structures.csv", "summary.json")
+REPORT_FILES = ReportDir.FILES
 PAIR_COLUMNS = ("pair", "moving", "fixed", "dice_before", "dice_after", "hd95_before", "hd95_after",
                 "folding_pct", "sdlogj", "seconds")
 
@@ -54,13 +55,13 @@ def pairs_from_csv(
     fixed image's affine (so HD95 is in mm). ``ndim`` (if given) is checked for every pair.
     """
     rows = read_pairs_csv(csv_path)  # checked now, before any output is written
-    return _load_rows(csv_path, rows, normalise, ndim)
+    return load_pair_rows(csv_path, rows, normalise, ndim)
 
 
-def _load_rows(csv_path: str | os.PathLike[str], rows: list, normalise: str | None, ndim: int | None
+def load_pair_rows(csv_path: str | os.PathLike[str], rows: list, normalise: str | None, ndim: int | None
                ) -> Iterator[EvalPair]:
     for i, row in enumerate(rows):
-        where = f"--pairs '{csv_path}' line {i + 2}:"
+        where = f"`pairs_csv` '{csv_path}' line {i + 2}:"
         names = {k: f"{where} {k}" for k in ("moving", "fixed", "moving_seg", "fixed_seg")}
         pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"), names=names)
         if ndim is not None and pair.fixed.ndim != ndim:
@@ -92,7 +93,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, A
 
 
 def evaluate_pairs(
-    register: RegisterFn,
+    register: Registration,
     pairs: Iterable[EvalPair],
     out_dir: str | os.PathLike[str],
     *,
@@ -107,7 +108,8 @@ def evaluate_pairs(
     """Register every pair with ``register`` and score it; write the reports.
 
     Args:
-        register: ``(moving, fixed) -> disp`` for ``(1, 1, *spatial)`` tensors.
+        register: ``(moving, fixed) -> RegistrationOutput`` for ``(1, 1, *spatial)`` tensors (timed per
+            call, synchronising CUDA).
         pairs: the pairs (labels optional; Dice/HD95 need both).
         out_dir: report folder (created).
         labels: label values to score (default: all non-zero labels of each pair).
@@ -130,9 +132,9 @@ def evaluate_pairs(
     for index, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not (progress and info.is_main))):
         if index % info.world_size != info.rank:  # under torchrun, ranks take turns
             continue
-        disp = register(pair.moving, pair.fixed).detach().float().cpu()
+        output, seconds = run_timed(register, pair.moving, pair.fixed)
+        disp = output.disp.detach().float().cpu()
         check_finite_field(disp)
-        seconds = getattr(register, "last_seconds", math.nan)
         row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
                                "folding_pct": float(metrics.folding_fraction(disp)[0]),
                                "sdlogj": float(metrics.log_jacobian_std(disp)[0]), "seconds": seconds}
@@ -199,24 +201,7 @@ def _viz_or_none(figures: int) -> Any:
         if figures > 0:
             raise ValueError(
                 f"cannot draw figures: matplotlib does not load ({str(err).splitlines()[0][:160]}); "
-                "fix MPLBACKEND or ask for no figures (--figures 0)"
+                "fix MPLBACKEND or ask for no figures (`figures` 0)"
             ) from None
         return None
     return viz
-
-
-def timed(register: RegisterFn) -> RegisterFn:
-    """Wrap ``register`` so that each call records its wall time in ``.last_seconds``
-    (synchronising CUDA so that the time is the computation's)."""
-    import time
-
-    def run(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        disp = register(moving, fixed)
-        if disp.is_cuda:
-            torch.cuda.synchronize(disp.device)
-        run.last_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
-        return disp
-
-    run.last_seconds = math.nan  # type: ignore[attr-defined]
-    return run

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from .register import PairOnGrid, RegisterFn, load_pair, register_pair
+from .files import PairOnGrid, load_pair, register_pair
+from .pipeline import Registration
 
 
 def majority_vote(label_maps: Sequence[np.ndarray]) -> np.ndarray:
@@ -33,7 +34,7 @@ def majority_vote(label_maps: Sequence[np.ndarray]) -> np.ndarray:
 def propagate_labels(
     image: str | Path,
     atlases: Sequence[tuple[str | Path, str | Path]],
-    make_register: Callable[[PairOnGrid], RegisterFn],
+    make_register: Callable[[PairOnGrid], Registration],
     *,
     normalise: str | None,
 ) -> io.Volume:
@@ -42,7 +43,7 @@ def propagate_labels(
     Args:
         image: the image to segment (the fixed image of every registration).
         atlases: one or more atlas images with their label maps.
-        make_register: builds the ``(moving, fixed) -> disp`` registration for a loaded pair.
+        make_register: builds the registration for a loaded pair.
         normalise: intensity normalisation of the registration inputs.
 
     Returns:
@@ -51,8 +52,8 @@ def propagate_labels(
     votes = []
     fixed = None
     for atlas, atlas_seg in atlases:
-        pair = load_pair(atlas, image, atlas_seg, names={"moving": "--atlas", "fixed": "image",
-                                                         "moving_seg": "--atlas-seg", "fixed_seg": "-"})
+        pair = load_pair(atlas, image, atlas_seg, names={"moving": "`atlas`", "fixed": "image",
+                                                         "moving_seg": "`atlas_seg`", "fixed_seg": "-"})
         result = register_pair(pair, make_register(pair), normalise=normalise)
         votes.append(result.moved_seg.data)
         fixed = pair.fixed

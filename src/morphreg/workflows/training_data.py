@@ -1,13 +1,16 @@
-"""From user-facing data specifications (paths, keys, splits) to training/evaluation pairs."""
+"""Training and validation pairs from what the user gives: image collections, label maps, an atlas,
+a pairs CSV, a validation fraction (error messages name these parameters in backquotes)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import io
+from .._files import RunDir, atomic_write_text
 from ..data import PairDataset, as_label_map, load_collection, read_pairs_csv, split_subjects
 
 
@@ -33,8 +36,8 @@ def load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np
         return None
     arrays, names = load_collection(segs, key=seg_key)
     if len(arrays) != n:
-        raise ValueError(f"--segs '{segs}' holds {len(arrays)} label maps but --data holds {n} images")
-    return [as_label_map(seg, f"--segs '{segs}': label map {i} ({name})")
+        raise ValueError(f"`segs` '{segs}' holds {len(arrays)} label maps but `data` holds {n} images")
+    return [as_label_map(seg, f"`segs` '{segs}': label map {i} ({name})")
             for i, (seg, name) in enumerate(zip(arrays, names))]
 
 
@@ -67,18 +70,18 @@ def build_training_data(
     split = split_subjects(len(images), val_fraction=val_fraction, seed=seed)
     if atlas is None and len(split.train) < 2:
         raise ValueError(
-            f"--data '{data}' holds {len(images)} image(s); with --val-fraction {val_fraction:g}, "
+            f"`data` '{data}' holds {len(images)} image(s); with `val_fraction` {val_fraction:g}, "
             f"{len(split.val)} of them validate and {len(split.train)} is left for training, but random "
-            "pairs need at least 2 training images: give more images or a smaller --val-fraction (0 for none)"
+            "pairs need at least 2 training images: give more images or a smaller `val_fraction` (0 for none)"
         )
     n_labels = None if seg_arrays is None else int(max(int(s.max()) for s in seg_arrays)) + 1
     atlas_img = atlas_lab = None
     if atlas is not None:
         atlas_img = io.load_volume(atlas).data
         if atlas_seg is not None:
-            atlas_lab = as_label_map(io.load_volume(atlas_seg).data, f"--atlas-seg '{atlas_seg}'")
+            atlas_lab = as_label_map(io.load_volume(atlas_seg).data, f"`atlas_seg` '{atlas_seg}'")
         elif seg_arrays is not None:
-            raise ValueError("--atlas with --segs needs --atlas-seg (the atlas label map)")
+            raise ValueError("`atlas` with `segs` needs `atlas_seg` (the atlas label map)")
     pairing = "atlas" if atlas is not None else "random"
     extra = {"atlas": atlas_img, "atlas_seg": atlas_lab} if atlas is not None else {}
     train = PairDataset(subset(images, split.train), subset(seg_arrays, split.train), pairing, seed=seed,
@@ -114,7 +117,7 @@ def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fr
         for row in rows:
             for col in ("moving", "fixed"):
                 file = row[f"{col}_seg"]
-                what = f"--pairs '{pairs_csv}' line {line[id(row)]}: {col}_seg '{file}'"
+                what = f"`pairs_csv` '{pairs_csv}' line {line[id(row)]}: {col}_seg '{file}'"
                 seg_key_of = seg_key if io.split_ext(file)[1] == ".npz" else None
                 seg_of[index[row[col]]] = as_label_map(io.load_volume(file, key=seg_key_of).data, what)
         segs = [seg_of[i] for i in range(len(files))]
@@ -152,3 +155,26 @@ def split_changes(saved: dict[str, object], record: dict[str, object]) -> dict[s
         if key in saved and list(saved[key]) != list(record[key]):  # type: ignore[call-overload]
             changes[key] = (saved[key], record[key])
     return changes
+
+
+def read_split(run_dir: str | Path) -> dict[str, object] | None:
+    """A run's saved ``split.json`` (``None`` when it has none).
+
+    Raises:
+        ValueError: the file is damaged or is not a split record.
+    """
+    path = RunDir(run_dir).split
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise ValueError(f"'{path}' is damaged ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"'{path}' is not a split record")
+    return saved
+
+
+def write_split(run_dir: str | Path, record: dict[str, object]) -> None:
+    """Write ``split.json`` (atomically); a run's split is written once and never rewritten."""
+    atomic_write_text(RunDir(run_dir).split, json.dumps(record, indent=1))

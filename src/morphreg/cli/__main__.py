@@ -1,0 +1,5 @@
+"""``python -m morphreg.cli``: the command line."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""What every command shares: the error types, argparse types and formatter, output checks, and
+the translation of the library's parameter names into flags.
+
+The library names its parameters in backquotes (`` `moving_seg` ``); :func:`flag_names` turns
+them into this command line's flags (``--moving-seg``) before a message is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to the 0.5/99.5th percentiles, then "
+                  "scale to [0, 1]; the default for training), minmax, or none; registration defaults to what the "
+                  "network was trained with")
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+MAX_INT_STEPS = 20  # morphreg.spatial.MAX_INT_STEPS (kept here so that --help needs no torch import)
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line (exit code 1)."""
+
+
+class UsageError(Exception):
+    """A usage error, reported as argparse reports them (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` can return the exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse types
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def int_steps(text: str) -> int:
+    """argparse type of --int-steps: an integer in [0, MAX_INT_STEPS]."""
+    value = non_negative_int(text)
+    if value > MAX_INT_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, {MAX_INT_STEPS}], got {text!r} (7 is the usual choice; each step doubles "
+            f"the field's reach, and {MAX_INT_STEPS} already covers any image)")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter names -> flags
+
+#: Library parameters whose flag is not ``--`` + the name with dashes.
+_FLAG_OF = {"weight": "--lambda", "key": "--npz-key", "pairs_csv": "--pairs", "resample": "--no-resample",
+            "data": "--data", "atlas": "--atlas"}
+
+
+def flag_of(parameter: str) -> str:
+    """The flag of a library parameter: ``moving_seg`` -> ``--moving-seg``, ``weight`` -> ``--lambda``."""
+    return _FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def flag_names(message: str, overrides: dict[str, str] | None = None) -> str:
+    """``message`` with every backquoted parameter name replaced by its flag (``overrides`` first)."""
+    table = overrides or {}
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: table.get(m.group(1), flag_of(m.group(1))), message)
+
+
+def value_of(args: argparse.Namespace, flag: str) -> Any:
+    """The parsed value of ``flag`` (``--moving-seg`` -> ``args.moving_seg``; ``--lambda`` -> ``args.weight``)."""
+    return getattr(args, "weight" if flag == "--lambda" else flag[2:].replace("-", "_"), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks before any work
+
+
+def check_distinct(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse two outputs on one path, and an output on an input's path, before any work."""
+    from .. import io
+
+    named = [(flag, value) for flag, value in outputs.items() if value]
+    for i, (flag, value) in enumerate(named):
+        for other, other_value in named[:i]:
+            if io.same_path(value, other_value):
+                raise UserError(f"{other} and {flag} are the same file '{value}'; each output needs its own path")
+        for source, source_value in inputs.items():
+            if source_value and io.same_path(value, source_value):
+                raise UserError(f"{flag} '{value}' is the {source} input; writing it would destroy the input, "
+                                "so give the output another path")
+
+
+def _check_writable_place(flag: str, path: Path) -> None:
+    for place in path.parents:
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{flag}: cannot write '{path}': '{place}' is a file, not a folder")
+            if not os.access(place, os.W_OK):
+                raise UserError(f"{flag}: cannot write '{path}': folder '{place}' is not writable")
+            return
+
+
+def check_folder_output(flag: str, folder: Path) -> None:
+    """Fail before any work when an output folder can be neither used nor created."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{flag}: cannot create '{folder}': '{place}' is a file, not a folder")
+            if not os.access(place, os.W_OK):
+                raise UserError(f"{flag}: cannot write in '{folder}': folder '{place}' is not writable")
+            return
+
+
+def check_outputs(args: argparse.Namespace, flags: Iterable[str], kinds: dict[str, str] | None = None) -> None:
+    """Fail before any work when an output cannot be written (a parent path is a file, a bad extension, ...).
+
+    ``kinds`` maps a flag to ``"volume"`` or ``"warp"`` (checked by :func:`morphreg.io.check_output_path`);
+    other flags only need a writable place.
+    """
+    from .. import io
+
+    for flag in flags:
+        value = value_of(args, flag)
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise UserError(f"{flag}: '{path}' is a folder; give a file name such as {path / 'out.nii.gz'}")
+        if kinds and flag in kinds:
+            try:
+                io.check_output_path(path, kinds[flag])
+            except ValueError as err:
+                raise UserError(f"{flag}: {err}") from None
+        _check_writable_place(flag, path)
+
+
+def device_or_error(name: str) -> Any:
+    """The torch device of ``--device name``; a clear error when CUDA is missing."""
+    from ..workflows.device import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as err:
+        raise UserError(f"--device {name}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# networks, normalisation, labels
+
+
+def normalise_arg(value: str | None, model: Any = None) -> str | None:
+    """The normalisation to apply: the flag, else the network's (legacy checkpoints: minmax)."""
+    if value is None:
+        if model is None:
+            return "percentile"
+        stored = getattr(model, "metadata", {}).get("normalise", "minmax")
+        if stored not in ("minmax", "percentile", None):
+            raise UserError(f"--model: the checkpoint records an unknown intensity normalisation {stored!r}; "
+                            "pass --normalise minmax|percentile|none")
+        return stored
+    return None if value == "none" else value
+
+
+def load_network(path: str, device: Any, flag: str = "--model") -> Any:
+    """A network from a run folder, a checkpoint or a built-in name; errors name ``flag``."""
+    from .. import zoo
+    from ..models import load_model
+    from ..models.checkpoint import CheckpointError
+
+    target = Path(path)
+    try:
+        if not target.exists() and zoo.is_builtin(path):
+            return zoo.load(path, map_location=device)
+        if not target.exists() and not target.suffix and len(target.parts) == 1:
+            raise UserError(f"{flag} '{path}' is neither a run folder, a checkpoint nor a built-in model "
+                            f"(built-in: {', '.join(zoo.names()) or 'none'}; see `morphreg models`)")
+        if target.is_dir():
+            target = target / "model.pt"
+        return load_model(target, map_location=device)
+    except CheckpointError as err:
+        raise UserError(f"{flag}: {err}") from None
+
+
+def apply_lambda(model: Any, weight: float | None, flag_context: str) -> None:
+    """Set a HyperMorph network's lambda from --lambda; refuse --lambda for a network trained for one."""
+    if weight is None:
+        return
+    if not hasattr(model, "check_weight"):
+        context = f" {flag_context}" if flag_context else ""
+        raise UserError(f"--lambda {weight:g}{context}: --model was trained for one lambda "
+                        f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes "
+                        "--lambda")
+    try:
+        model.default_weight = model.check_weight(weight)
+    except ValueError as err:
+        raise UserError(f"--lambda: {err}") from None
+
+
+def label_table(path: str | None) -> Any:
+    """The ``--labels`` table (``None`` without the flag); a bad table fails before any work."""
+    if not path:
+        return None
+    from ..qc import read_label_table
+
+    try:
+        return read_label_table(path)
+    except ValueError as err:
+        raise UserError(f"--labels: {err}") from None
+
+
+def subject_names(*paths: str) -> tuple[str, ...]:
+    """Names for titles: file names without extension, or their folders' names when the files share one."""
+    from .. import io
+
+    names = tuple(io.split_ext(path)[0] or Path(path).name for path in paths)
+    if len(set(names)) < len(names):
+        names = tuple(Path(path).resolve().parent.name + "/" + name for path, name in zip(paths, names))
+    return names
+
+
+def note(command: str, line: str) -> None:
+    """A note on stderr: ``morphreg COMMAND: LINE``."""
+    print(f"morphreg {command}: {flag_names(line)}", file=sys.stderr)

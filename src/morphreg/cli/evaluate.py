@@ -1,0 +1,114 @@
+"""``morphreg evaluate``: a network over a CSV of pairs -> Dice, HD95, folding, time, report.html."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    DEVICE_CHOICES,
+    NORMALISE_HELP,
+    UserError,
+    apply_lambda,
+    check_folder_output,
+    device_or_error,
+    label_table,
+    load_network,
+    non_negative_int,
+    normalise_arg,
+    positive_float,
+    subject_names,
+)
+
+
+def add_parser(command: Any) -> None:
+    """Add ``evaluate`` (``command(name, help)`` makes a subparser with --debug)."""
+    p = command("evaluate", "evaluate a trained network on a CSV of pairs")
+    p.add_argument("--model", required=True, help="run directory, checkpoint, or built-in model name")
+    p.add_argument("--lambda", dest="weight", type=positive_float, default=None,
+                   help="lambda of a HyperMorph --model (default: its own)")
+    p.add_argument("--pairs", required=True,
+                   help="CSV moving,fixed[,moving_seg,fixed_seg] of paths, or of subject IDs with --images [--segs]")
+    p.add_argument("--images", default=None,
+                   help="folder of images named <subject ID>.<ext>: the --pairs cells are subject IDs")
+    p.add_argument("--segs", default=None, help="folder of label maps named <subject ID>.<ext> (with --images)")
+    p.add_argument("--out", required=True, help="report folder: pairs.csv, structures.csv, summary.json, report.html")
+    p.add_argument("--figures", type=non_negative_int, default=4, help="pairs that get figures")
+    p.add_argument("--labels", default=None,
+                   help="structure names: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) or a "
+                        "FreeSurfer LUT file (ID name R G B A)")
+    p.add_argument("--no-hd95", action="store_true", help="skip the 95th-percentile Hausdorff distance (slowest)")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where to register (auto: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_out(args: argparse.Namespace) -> Path:
+    from .. import io
+    from .._files import ReportDir
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the report")
+    check_folder_output("--out", out)  # a writable place, checked before any pair is registered
+    for name in ReportDir.FILES:
+        if io.same_path(out / name, args.pairs):
+            raise UserError(f"--out '{out}' would overwrite the --pairs input '{args.pairs}' with its own {name}; "
+                            "give another --out (or move the pairs list)")
+    return out
+
+
+def _pairs(args: argparse.Namespace, model: Any) -> Any:
+    from ..workflows.evaluate import load_pair_rows, pairs_from_csv
+    from ..workflows.subjects import resolve_subject_pairs
+
+    normalise = normalise_arg(args.normalise, model)
+    if args.images:
+        try:
+            rows = resolve_subject_pairs(args.pairs, args.images, args.segs)
+        except ValueError as err:
+            raise UserError(f"--pairs/--images/--segs: {err}") from None
+        return load_pair_rows(args.pairs, rows, normalise, model.ndim)
+    if args.segs:
+        raise UserError("--segs names label maps by subject ID: give --images too")
+    return pairs_from_csv(args.pairs, normalise, ndim=model.ndim)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"{summary['n_pairs']} pairs")
+    for key in ("dice_before", "dice_after", "hd95_before", "hd95_after", "folding_pct", "sdlogj", "seconds"):
+        stats = summary.get(key, {})
+        if stats.get("n"):
+            print(f"  {key:<12} {stats['mean']:.4f} ± {stats['sd']:.4f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``morphreg evaluate`` (under torchrun the ranks share the pairs; rank 0 reports)."""
+    import torch
+
+    from ..workflows.distributed import check_env, init_from_env
+    from ..workflows.evaluate import evaluate_pairs
+    from ..workflows.pipeline import NetworkRegistration
+    from ..workflows.report_html import write_html_report
+
+    check_env()
+    out = _check_out(args)
+    device = device_or_error(args.device)
+    info = init_from_env(device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    model = load_network(args.model, device)
+    apply_lambda(model, args.weight, "")
+    pairs = _pairs(args, model)
+    labels = label_table(args.labels)
+    names = labels.names if labels else None
+    summary = evaluate_pairs(NetworkRegistration(model, device), pairs, out, figures=args.figures,
+                             with_hd95=not args.no_hd95, progress=not args.no_progress, label_names=names)
+    if info.is_main:
+        _print_summary(summary)
+        page = write_html_report(out, title=f"morphreg evaluate: {subject_names(args.model)[0]} on "
+                                 f"{Path(args.pairs).name}", label_names=names)
+        print(f"report: {out / 'summary.json'}, {page}")
+    return 0

@@ -1,0 +1,275 @@
+"""``morphreg register``: one pair (this module) or a cohort (:mod:`.cohort`).
+
+Parses and checks the flags, builds the registration from :mod:`morphreg.workflows.pipeline`,
+runs it with :func:`morphreg.workflows.files.register_pair` and writes with
+:func:`morphreg.workflows.outputs.write_outputs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import (
+    DEVICE_CHOICES,
+    NORMALISE_HELP,
+    UsageError,
+    UserError,
+    apply_lambda,
+    check_distinct,
+    check_outputs,
+    device_or_error,
+    int_at_least,
+    label_table,
+    load_network,
+    non_negative_float,
+    non_negative_int,
+    normalise_arg,
+    note,
+    positive_int,
+    subject_names,
+    value_of,
+)
+
+WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=moving(x+u(x)); itk: an ITK/ANTs "
+                    "displacement field (X,Y,Z,1,3) on the fixed grid, vectors in LPS mm mapping each fixed-image "
+                    "point to its moving-image point, for antsApplyTransforms/ants.apply_transforms/SimpleITK "
+                    "DisplacementFieldTransform")
+MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
+                      "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
+                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
+OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc")
+INPUT_FLAGS = ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model", "--init-matrix",
+               "--init-warp")
+OUTPUT_KINDS = {"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
+                "--inverse-warp": "warp"}
+
+
+def _add_pair_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--moving", default=None, help="moving image (NIfTI, MGZ, NPZ, ...): the image that is warped")
+    p.add_argument("--fixed", default=None, help="fixed image: the target grid and anatomy")
+    p.add_argument("--moved", default=None, help="output: moving image on the fixed grid")
+    p.add_argument("--pairs", default=None,
+                   help="cohort: CSV moving,fixed[,moving_seg,fixed_seg] (paths relative to the CSV), registered with "
+                        "--model in batches into --out (instead of --moving/--fixed/--moved)")
+    p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="cohort: pairs per network pass")
+    p.add_argument("--resume", action="store_true", help="cohort: skip rows whose moved image exists in --out")
+    p.add_argument("--no-progress", action="store_true", help="cohort: no progress bar")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warp", default=None, help="output: displacement field (NIfTI vector image)")
+    p.add_argument("--warp-units", choices=["voxel", "mm"], default="voxel",
+                   help="units of the --warp vectors in morphreg format: voxels along the array axes, or RAS mm")
+    p.add_argument("--warp-format", choices=["morphreg", "itk"], default="morphreg", help=WARP_FORMAT_HELP)
+    p.add_argument("--inverse-warp", default=None,
+                   help="output: the inverse field (moving grid -> fixed, in --warp-format/--warp-units): exact for "
+                        "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
+    p.add_argument("--jacobian", default=None,
+                   help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
+    p.add_argument("--qc", default=None,
+                   help="output: quality-control figure (PNG) in anatomical orientation: images, difference, "
+                        "Jacobian over the anatomy, named structures")
+    p.add_argument("--labels", default=None,
+                   help="structure names for --qc: seg4, seg24, seg35 (FreeSurfer names of the neurite-OASIS maps) "
+                        "or a FreeSurfer LUT file (ID name R G B A); default: label values")
+    p.add_argument("--moving-seg", default=None, help="label map of the moving image (warped with nearest neighbour)")
+    p.add_argument("--moved-seg", default=None, help="output: warped moving labels")
+    p.add_argument("--fixed-seg", default=None, help="fixed labels (Dice is printed)")
+    p.add_argument("--npz-key", default=None,
+                   help="array of an .npz --moving/--fixed (e.g. slice_norm); the other image may be NIfTI")
+    p.add_argument("--no-resample", action="store_true",
+                   help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
+    p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
+    p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
+    p.add_argument("--affine-model", default=None,
+                   help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
+    p.add_argument("--optimize", type=non_negative_int, default=0,
+                   help="instance-specific optimisation steps refining the network's field")
+    p.add_argument("--loss", choices=["mse", "ncc", "gncc", "mi"], default=None,
+                   help="similarity for --method/--optimize: mse, ncc (local), gncc (global NCC), mi "
+                        "(default: gncc for affine/rigid, ncc otherwise)")
+    p.add_argument("--lambda", dest="weight", type=non_negative_float, default=None,
+                   help="regularisation weight; with --method dense it selects the variational Adam solver "
+                        "instead of the default greedy diffeomorphic one (as does a --loss other than ncc); "
+                        "with a HyperMorph --model, the lambda it registers with")
+    p.add_argument("--preset", choices=["fast", "accurate"], default=None,
+                   help="--method dense: levels and iterations (fast: 100 50 8; accurate: 200 100 40)")
+    p.add_argument("--levels", type=int_at_least(1), default=None, help="--method dense: pyramid levels")
+    p.add_argument("--iterations", type=int_at_least(0), nargs="+", default=None,
+                   help="--method dense: iterations per level, coarse to fine (e.g. 200 100 50)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--init-matrix", default=None,
+                   help="start from this affine (fixed->moving points): ITK .mat/.txt/.tfm and LTA are recognised, "
+                        "other files are read as --matrix-format says")
+    p.add_argument("--init-warp", default=None,
+                   help="start from this displacement field on the fixed grid (morphreg's, or ITK/ANTs as "
+                        "--warp-format itk or as the file states)")
+    p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where to register (auto: cuda when available)")
+
+
+def add_parser(command: Any) -> None:
+    """Add ``register`` (``command(name, help)`` makes a subparser with --debug)."""
+    p = command("register", "register a moving image to a fixed one")
+    p.add_argument("--model", default=None,
+                   help="run directory or checkpoint of a trained network, or a built-in model (`morphreg models`)")
+    p.add_argument("--method", choices=["network", "affine", "rigid", "dense", "ffd"], default=None,
+                   help="registration without a network (affine, rigid, dense, ffd); default: network")
+    _add_pair_args(p)
+    _add_output_args(p)
+    _add_method_args(p)
+
+
+def _method(args: argparse.Namespace) -> str:
+    """The registration method the flags ask for, after checking that they go together."""
+    missing = [flag for flag in ("--moving", "--fixed", "--moved") if value_of(args, flag) is None]
+    if missing:  # a usage error (exit 2), as argparse's own required arguments
+        raise UsageError(f"morphreg register: error: the following arguments are required: {', '.join(missing)} "
+                         "(one pair), or give --pairs CSV --out DIR (a cohort)")
+    method = args.method or ("network" if args.model else None)
+    if method is None:
+        raise UserError("give --model (a trained network) or --method affine|rigid|dense|ffd")
+    if method != "network" and args.model:
+        raise UserError(f"--method {method} registers without a network; drop --model or --method")
+    if args.moved_seg and not args.moving_seg:
+        raise UserError("--moved-seg needs --moving-seg")
+    if (args.affine or args.affine_model) and method != "network":
+        raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    return method
+
+
+def _check_method_flags(args: argparse.Namespace, method: str) -> None:
+    from ..workflows.pipeline import is_greedy
+
+    if (args.preset or args.levels or args.iterations) and not is_greedy(method, args.loss, args.weight):
+        raise UserError("--preset/--levels/--iterations set the greedy dense method: use --method dense "
+                        "(without --lambda, with --loss ncc)")
+    if args.levels and args.iterations and len(args.iterations) not in (1, args.levels):
+        raise UserError(f"--iterations needs 1 or --levels ({args.levels}) values, got {len(args.iterations)}")
+    if args.matrix and method not in ("affine", "rigid") and not args.affine:
+        raise UserError("--matrix is written by affine alignment: use --method affine|rigid or --affine")
+    if args.init_matrix and args.init_warp:
+        raise UserError("give --init-matrix or --init-warp, not both")
+
+
+def _network(args: argparse.Namespace, path: str, flag: str, device: Any, ndim: int) -> Any:
+    model = load_network(path, device, flag)
+    if model.ndim != ndim:
+        raise UserError(f"{flag} is a {model.ndim}D network but the images are {ndim}D")
+    if flag == "--affine-model" and type(model).__name__ != "AffineNet":
+        raise UserError(f"--affine-model '{path}' holds a {type(model).__name__} (a deformable network), not an "
+                        "affine one; give a run of `morphreg train --model affine`, or pass it as --model")
+    return model
+
+
+def _tqdm_progress(enabled: bool) -> Any:
+    """A per-iteration callback drawing one tqdm bar per pyramid level on stderr (``None`` when off)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bars: dict[int, Any] = {}
+
+    def progress(level: int, n_levels: int, iteration: int, n_iterations: int, loss: float, elapsed: float) -> None:
+        if level not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[level] = tqdm(total=n_iterations, desc=f"dense level {level + 1}/{n_levels}", leave=True)
+        bar = bars[level]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", elapsed=f"{elapsed:.1f}s", refresh=False)
+        if iteration + 1 == n_iterations and level + 1 == n_levels:
+            bar.close()
+
+    return progress
+
+
+def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any) -> tuple[Any, str | None]:
+    """The registration the flags describe, and the intensity normalisation of its inputs."""
+    from ..workflows import pipeline
+    from ..workflows.warps import initial_transform
+
+    if method == "network":
+        model = _network(args, args.model, "--model", device, pair.fixed.ndim)
+        if args.weight is not None and not args.optimize or hasattr(model, "check_weight"):
+            apply_lambda(model, args.weight, "(without --optimize)")
+        normalise = normalise_arg(args.normalise, model)
+        plain = not (args.affine or args.affine_model or args.optimize)
+        registration: Any = pipeline.NetworkRegistration(model, device, inverse=bool(args.inverse_warp) and plain)
+        if args.affine_model:
+            affine = pipeline.NetworkRegistration(_network(args, args.affine_model, "--affine-model", device,
+                                                           pair.fixed.ndim), device)
+            registration = pipeline.AffineThen(affine, registration)
+        elif args.affine:
+            registration = pipeline.AffineThen(
+                pipeline.OnDevice(pipeline.AffineRegistration("affine", "gncc", pair.fixed.affine), device),
+                registration)
+    else:
+        normalise = normalise_arg(args.normalise)
+        schedule = pipeline.GreedySchedule.from_options(args.preset, args.levels, args.iterations)
+        registration = pipeline.OnDevice(pipeline.classical_registration(
+            method, loss=args.loss, weight=args.weight, grid_affine=pair.fixed.affine, schedule=schedule,
+            progress=_tqdm_progress(not args.quiet)), device)
+    if args.init_matrix or args.init_warp:
+        disp, matrix = initial_transform(pair, moving_path=args.moving, init_matrix=args.init_matrix,
+                                         init_warp=args.init_warp, matrix_format=args.matrix_format,
+                                         warp_format="itk" if args.warp_format == "itk" else "auto", key=args.npz_key)
+        registration = pipeline.WithInitial(registration, disp, matrix)
+    if args.optimize:
+        registration = pipeline.Refine(registration, args.optimize, args.loss or "ncc", args.weight)
+    return registration, normalise
+
+
+def _print_dice(pair: Any, result: Any) -> None:
+    import torch
+
+    from ..workflows.files import dice_before
+
+    if result.dice is None:
+        return
+    before = dice_before(pair, result.dice.labels)
+    after_mean = float(torch.nanmean(result.dice.per_label))
+    before_text = f" (before: {float(torch.nanmean(before.per_label)):.4f})" if before is not None else ""
+    print(f"Dice (mean over {result.dice.labels.numel()} labels): {after_mean:.4f}{before_text}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``morphreg register``."""
+    from ..workflows.files import load_pair, register_pair
+    from ..workflows.outputs import OutputFormats, OutputPaths, check_itk_plane, write_outputs
+
+    if args.pairs:
+        from .cohort import run as run_cohort
+
+        return run_cohort(args)
+    method = _method(args)
+    _check_method_flags(args, method)
+    labels = label_table(args.labels)  # a bad --labels fails before any work
+    check_outputs(args, OUTPUT_FLAGS, kinds=OUTPUT_KINDS)
+    check_distinct({flag: value_of(args, flag) for flag in OUTPUT_FLAGS},
+                   {flag: value_of(args, flag) for flag in INPUT_FLAGS})
+    device = device_or_error(args.device)
+    pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
+                     resample=not args.no_resample)
+    if args.warp_format == "itk" and (args.warp or args.inverse_warp) or args.matrix_format == "itk" and args.matrix:
+        check_itk_plane(pair)
+    if pair.resampled:
+        note("register", "note: moving and fixed grids differ (shape or affine); the moving image was resampled "
+                         "onto the fixed grid through the affines")
+    registration, normalise = _registration(args, method, pair, device)
+    result = register_pair(pair, registration, normalise=normalise)
+    paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc)
+    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, labels,
+                            subject_names(args.moving, args.fixed))  # type: ignore[arg-type]
+    write_outputs(pair, result, paths, formats, moving_path=args.moving, fixed_path=args.fixed, key=args.npz_key,
+                  report=lambda line: note("register", line))
+    print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
+    _print_dice(pair, result)
+    return 0

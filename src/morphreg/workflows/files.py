@@ -1,0 +1,201 @@
+"""Registering files: load a pair onto one grid, run a registration on it, apply a warp file.
+
+The registrations work in voxels on the fixed image's grid; physical space stays at this
+boundary: ``moving`` (and its labels) are resampled onto the fixed grid through the affines when
+the two grids differ, and every output carries the fixed image's affine and header geometry.
+
+Error messages name this module's parameters in backquotes (`` `moving` ``); the command line
+replaces them with its flags.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import io, metrics, spatial
+from ..data import as_label_map, normalise_intensity
+from .pipeline import Registration
+
+PathLike = str | Path
+
+
+@dataclass
+class PairOnGrid:
+    """A moving/fixed pair (with optional labels) on the fixed image's voxel grid."""
+
+    moving: io.Volume
+    fixed: io.Volume
+    moving_seg: io.Volume | None = None
+    fixed_seg: io.Volume | None = None
+    resampled: bool = False
+
+
+@dataclass
+class RegisteredPair:
+    """Result of registering a :class:`PairOnGrid` (arrays on the fixed grid).
+
+    Attributes:
+        moved, moved_seg: the moving image and labels warped onto the fixed grid.
+        disp: ``(ndim, *spatial)`` voxels.
+        seconds: wall time of the registration itself.
+        dice: Dice of ``moved_seg`` against the fixed labels (both label maps given), else ``None``.
+        inverse_disp: ``(ndim, *spatial)`` voxels, when the registration provides it.
+        matrix: ``(1, ndim, ndim + 1)`` voxel matrix of the affine part, when there is one.
+    """
+
+    moved: io.Volume
+    disp: np.ndarray
+    moved_seg: io.Volume | None
+    seconds: float
+    dice: metrics.LabelScores | None
+    inverse_disp: np.ndarray | None = None
+    matrix: torch.Tensor | None = None
+
+
+def _npz_key(path: PathLike, key: str | None) -> str | None:
+    """``key`` applies to ``.npz`` files only (a NIfTI may be paired with one array of an ``.npz``)."""
+    return key if io.split_ext(path)[1] == ".npz" else None
+
+
+def load_image(path: PathLike, key: str | None = None) -> io.Volume:
+    """Read one image; ``key`` selects an ``.npz`` array and is ignored for other formats."""
+    return io.load_volume(path, key=_npz_key(path, key))
+
+
+def _check_not_constant(label: str, path: PathLike, volume: io.Volume) -> None:
+    if float(volume.data.max()) == float(volume.data.min()):  # integer images too
+        raise ValueError(f"{label} '{path}' is a constant image (every voxel {float(volume.data.min()):g}); "
+                         "there is nothing to register")
+
+
+def _load_seg(label: str, path: PathLike, key: str | None, image: io.Volume) -> io.Volume:
+    seg = io.load_volume(path, key=_npz_key(path, key))
+    seg.data = as_label_map(seg.data, f"{label} '{path}'")
+    if not io.same_grid(seg, image):
+        raise ValueError(f"{label} '{path}' (shape {seg.shape}) is not on the grid of its image "
+                         f"(shape {image.shape}, or a different affine)")
+    return seg
+
+
+def load_pair(
+    moving: PathLike,
+    fixed: PathLike,
+    moving_seg: PathLike | None = None,
+    fixed_seg: PathLike | None = None,
+    *,
+    key: str | None = None,
+    seg_key: str | None = None,
+    resample: bool = True,
+    names: dict[str, str] | None = None,
+) -> PairOnGrid:
+    """Read a pair and put ``moving`` (and its labels) on ``fixed``'s grid.
+
+    Args:
+        key, seg_key: array names for the ``.npz`` files among the images / label maps (other
+            formats ignore them; ``key`` given while no image is an ``.npz`` is refused).
+        resample: resample ``moving`` onto ``fixed``'s grid when shapes or affines differ;
+            ``False`` refuses such a pair instead.
+        names: how messages name the four inputs (keys ``moving``, ``fixed``, ``moving_seg``,
+            ``fixed_seg``); default the parameter names in backquotes.
+
+    Raises:
+        ValueError: different dimensionality, a constant image, label maps that do not match
+            their image's grid or break the label policy (:func:`morphreg.data.as_label_map`),
+            or different grids with ``resample=False``.
+    """
+    label = {name: f"`{name}`" for name in ("moving", "fixed", "moving_seg", "fixed_seg")} | (names or {})
+    if key is not None and not any(io.split_ext(p)[1] == ".npz" for p in (moving, fixed)):
+        raise ValueError(f"`key` {key!r} selects an array of an .npz file, but neither image is an .npz")
+    moving_vol, fixed_vol = load_image(moving, key), load_image(fixed, key)
+    if moving_vol.ndim != fixed_vol.ndim:
+        raise ValueError(f"{label['moving']} '{moving}' is {moving_vol.ndim}D but {label['fixed']} '{fixed}' is "
+                         f"{fixed_vol.ndim}D; they must have the same dimensionality")
+    _check_not_constant(label["moving"], moving, moving_vol)
+    _check_not_constant(label["fixed"], fixed, fixed_vol)
+    seg_key = seg_key if seg_key is not None else key
+    moving_lab = _load_seg(label["moving_seg"], moving_seg, seg_key, moving_vol) if moving_seg is not None else None
+    fixed_lab = _load_seg(label["fixed_seg"], fixed_seg, seg_key, fixed_vol) if fixed_seg is not None else None
+    resampled = not io.same_grid(moving_vol, fixed_vol)
+    if resampled and not resample:
+        raise ValueError(f"{label['moving']} (shape {moving_vol.shape}) and {label['fixed']} (shape "
+                         f"{fixed_vol.shape}) are on different grids (shape or affine), and resampling was turned off "
+                         "(`resample`)")
+    if resampled:
+        moving_vol = io.resample_to(moving_vol, fixed_vol, order=1)
+        if moving_lab is not None:
+            moving_lab = io.resample_to(moving_lab, fixed_vol, order=0)
+    return PairOnGrid(moving_vol, fixed_vol, moving_lab, fixed_lab, resampled)
+
+
+def check_finite_field(disp: torch.Tensor) -> None:
+    """Raise ``FloatingPointError`` when a registration produced NaN or infinite displacements.
+
+    Nothing is written from such a field: the moved image would be all zeros or garbage.
+    """
+    bad = int((~torch.isfinite(disp)).sum())
+    if bad:
+        raise FloatingPointError(
+            f"the registration produced a displacement field with {bad} NaN or infinite value(s) of "
+            f"{disp.numel()} (the network's weights or the optimisation diverged); nothing was written"
+        )
+
+
+def network_input(volume: io.Volume, normalise: str | None) -> torch.Tensor:
+    """``(1, 1, *spatial)`` float32 tensor of a volume, intensity-normalised as for training."""
+    data = volume.data.astype(np.float32)
+    if normalise is not None:
+        data = normalise_intensity(data, normalise)
+    return torch.from_numpy(np.ascontiguousarray(data))[None, None]
+
+
+def run_timed(registration: Registration, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[Any, float]:
+    """``(registration(moving, fixed), wall seconds)``, synchronising CUDA so the time is the computation's."""
+    start = time.perf_counter()
+    output = registration(moving, fixed)
+    if output.disp.is_cuda:
+        torch.cuda.synchronize(output.disp.device)
+    return output, time.perf_counter() - start
+
+
+def register_pair(pair: PairOnGrid, registration: Registration, *, normalise: str | None = "minmax") -> RegisteredPair:
+    """Run ``registration`` on a pair; warp the original moving intensities and labels.
+
+    Args:
+        pair: the pair on the fixed grid.
+        registration: ``(moving, fixed) -> RegistrationOutput`` on ``(1, 1, *spatial)`` float tensors.
+        normalise: intensity normalisation of the registration inputs (as in training).
+
+    Raises:
+        FloatingPointError: the field (or its inverse) has NaN or infinite values.
+    """
+    output, seconds = run_timed(registration, network_input(pair.moving, normalise),
+                                network_input(pair.fixed, normalise))
+    disp = output.disp.detach().float().cpu()
+    check_finite_field(disp)
+    inverse = output.inverse_disp
+    if inverse is not None:
+        inverse = inverse.detach().float().cpu()
+        check_finite_field(inverse)
+    moved = spatial.warp(io.to_tensor(pair.moving).float(), disp)
+    moved_seg = dice = None
+    if pair.moving_seg is not None:
+        moved_seg_t = spatial.warp(io.to_tensor(pair.moving_seg), disp, mode="nearest")
+        moved_seg = io.from_tensor(moved_seg_t, pair.fixed)
+        moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
+        if pair.fixed_seg is not None:
+            dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
+    return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice,
+                          inverse[0].numpy() if inverse is not None else None, output.matrix)
+
+
+def dice_before(pair: PairOnGrid, labels: torch.Tensor) -> metrics.LabelScores | None:
+    """Dice of the unregistered label maps over ``labels`` (``None`` without both label maps)."""
+    if pair.moving_seg is None or pair.fixed_seg is None:
+        return None
+    return metrics.dice(io.to_tensor(pair.moving_seg), io.to_tensor(pair.fixed_seg), labels)

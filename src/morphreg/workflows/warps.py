@@ -1,0 +1,129 @@
+"""Warp files: read a field in any supported format, apply it to an image, start from one.
+
+Error messages name this module's parameters in backquotes (`` `warp` ``); the command line
+replaces them with its flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, io, spatial
+from ..interop import load_itk_warp, load_matrix
+from ..interop.itk_field import is_itk_warp
+from ..interop.matrices import detect_matrix_format
+from .files import PairOnGrid, load_image
+
+PathLike = str | Path
+WARP_FORMATS = ("auto", "morphreg", "itk")
+
+
+def read_warp(path: PathLike, fmt: str = "auto", name: str = "warp") -> io.WarpField:
+    """The field of a warp file in voxels.
+
+    Args:
+        fmt: ``"morphreg"`` (:func:`morphreg.io.save_warp`'s files, which state their units),
+            ``"itk"`` (ITK/ANTs, LPS mm), or ``"auto"``: as the file says (morphreg's ITK export
+            is labelled; an unlabelled field without units is refused).
+        name: how messages name the file's parameter.
+    """
+    if fmt == "itk" or (fmt == "auto" and is_itk_warp(path)):
+        return load_itk_warp(path)
+    try:
+        return io.load_warp(path)
+    except io.ImageReadError as err:
+        if fmt == "auto" and "does not state its units" in str(err):
+            raise ValueError(f"`{name}` '{path}' does not state its units or format; give `warp_format` itk for an "
+                             "ITK/ANTs field (LPS mm), or rewrite it with `morphreg register --warp`") from None
+        raise
+
+
+@dataclass(frozen=True)
+class WarpedFile:
+    """What :func:`warp_file` did: the interpolation used and whether the image was resampled first."""
+
+    interp: str
+    resampled: bool
+
+
+def warp_file(moving: PathLike, warp: PathLike, moved: PathLike, *, warp_format: str = "auto",
+              interp: str | None = None, key: str | None = None) -> WarpedFile:
+    """Apply the field of ``warp`` to the image ``moving`` and write ``moved`` on the field's grid.
+
+    Args:
+        warp_format: see :func:`read_warp`.
+        interp: ``"linear"`` or ``"nearest"``; default nearest for integer images (label maps).
+        key: array name when ``moving`` is an ``.npz``.
+
+    ``moving`` is resampled onto the field's grid through the affines first when it is not on it.
+    """
+    field = read_warp(warp, warp_format)
+    image = io.load_volume(moving, key=key)
+    ndim = field.disp.shape[0]
+    if image.ndim != ndim:
+        raise ValueError(f"`moving` '{moving}' is {image.ndim}D but `warp` '{warp}' is a {ndim}D field")
+    grid = io.Volume(field.disp[0], field.affine)
+    integer = image.data.dtype.kind in "iu"
+    interp = interp or ("nearest" if integer else "linear")
+    resampled = not io.same_grid(image, grid)
+    if resampled:
+        image = io.resample_to(image, grid, order=0 if interp == "nearest" else 1)
+    tensor = io.to_tensor(image)
+    if interp == "linear":
+        tensor = tensor.float()
+    result = io.from_tensor(spatial.warp(tensor, torch.from_numpy(field.disp)[None], mode=interp), grid)
+    if interp == "nearest" and integer:
+        result.data = result.data.astype(image.data.dtype)
+    io.save_volume(result, moved, description=f"morphreg {__version__}: warped by {Path(warp).name}")
+    return WarpedFile(interp, resampled)
+
+
+def matrix_disp(matrix_world: np.ndarray, fixed: io.Volume) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel displacement ``(1, ndim, *spatial)`` and voxel matrix ``(1, ndim, ndim + 1)`` of a world matrix.
+
+    Args:
+        matrix_world: ``(4, 4)`` RAS mm, fixed-image point -> moving-image point. The moving
+            image is assumed resampled onto the fixed grid (as :func:`load_pair` does), so the
+            voxel matrix is ``inv(A) @ W @ A`` with the fixed image's affine ``A``.
+        fixed: the fixed image (its grid).
+    """
+    affine = fixed.affine
+    voxel = np.linalg.inv(affine) @ np.asarray(matrix_world, dtype=np.float64) @ affine
+    index = list(range(fixed.ndim)) + [3]
+    if fixed.ndim == 2 and (np.abs(voxel[2, [0, 1, 3]]).max() > 1e-3 or np.abs(voxel[:2, 2]).max() > 1e-3):
+        raise ValueError("the initial matrix moves points out of the 2D image's plane; a 2D image needs an "
+                         "in-plane transform")
+    matrix = torch.from_numpy(voxel[np.ix_(index[:-1], index)]).float()
+    return spatial.affine_to_disp(matrix, fixed.shape), matrix[None]
+
+
+def initial_transform(pair: PairOnGrid, *, moving_path: PathLike, init_matrix: PathLike | None = None,
+                      init_warp: PathLike | None = None, matrix_format: str = "ras", warp_format: str = "auto",
+                      key: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The initial transform of a registration: ``(disp (1, ndim, *spatial), voxel matrix or None)``.
+
+    Args:
+        pair: the loaded pair (the transform is expressed on its fixed grid).
+        moving_path: the moving image's file (FSL and LTA matrices are relative to its own grid).
+        init_matrix: a matrix file (ITK and LTA are detected; otherwise ``matrix_format``).
+        init_warp: a warp file on the fixed grid (read as ``warp_format`` says).
+        key: array name when the moving image is an ``.npz``.
+    """
+    if (init_matrix is None) == (init_warp is None):
+        raise ValueError("give one of `init_matrix` or `init_warp`")
+    if init_matrix is not None:
+        fmt = detect_matrix_format(init_matrix) or matrix_format
+        try:
+            world = load_matrix(init_matrix, fmt, pair.fixed, load_image(moving_path, key))
+            return matrix_disp(world, pair.fixed)
+        except ValueError as err:
+            raise ValueError(f"`init_matrix`: {err}") from None
+    field = read_warp(init_warp, warp_format, name="init_warp")
+    if not io.same_grid(io.Volume(field.disp[0], field.affine), pair.fixed):
+        raise ValueError(f"`init_warp` '{init_warp}' (grid {field.disp.shape[1:]}) is not on the `fixed` grid "
+                         f"{pair.fixed.shape}; give a field on the fixed image's grid")
+    return torch.from_numpy(field.disp)[None], None
