@@ -26,6 +26,7 @@ from ._checks import (
     check_field,
     check_image,
     check_matrix,
+    check_number,
     check_positive_int,
     check_tensor,
 )
@@ -264,8 +265,7 @@ def resize(
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{fn}: give exactly one of 'size' or 'scale_factor'")
     if size is None:
-        if not scale_factor or scale_factor <= 0:
-            raise ValueError(f"{fn}: argument 'scale_factor' must be > 0, got {scale_factor!r}")
+        scale_factor = check_number(fn, "scale_factor", scale_factor, minimum=0, exclusive_minimum=True)
         new = [max(1, math.floor(s * scale_factor + 0.5)) for s in old]
     else:
         new = [int(s) for s in size]

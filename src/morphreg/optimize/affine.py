@@ -24,22 +24,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import spatial
-from .._checks import check_choice, check_matrix, check_pair, check_positive_int
+from .._checks import check_choice, check_matrix, check_pair
 from ..geometry import Frames, centred_frames, homogeneous, matrix_to_world, scale_matrix
 from ._common import (
     LossFn,
     broadcast_pair,
     check_lr,
     downsample,
+    level_plan,
     level_scale,
     level_shapes,
-    per_level,
     resolve_loss,
     run_adam,
 )
@@ -194,14 +195,27 @@ def _prepare(
     return moving, fixed, geo
 
 
-def _pair_levels(
-    moving_shape: Sequence[int], fixed_shape: Sequence[int], levels: int
-) -> list[tuple[list[int], list[int]]]:
-    """``(moving shape, fixed shape)`` per pyramid level, coarse to fine: the levels both keep."""
+def _pair_plan(
+    fn: str, moving_shape: Sequence[int], fixed_shape: Sequence[int], levels: int, iterations: int | Sequence[int]
+) -> list[tuple[list[int], list[int], int]]:
+    """``(moving shape, fixed shape, iterations)`` per level, coarse to fine: the levels both images keep."""
+    plan = level_plan(fn, fixed_shape, levels, iterations)
     shapes_m = level_shapes(moving_shape, levels)
-    shapes_f = level_shapes(fixed_shape, levels)
-    count = min(len(shapes_m), len(shapes_f))
-    return list(zip(shapes_m[len(shapes_m) - count :], shapes_f[len(shapes_f) - count :]))
+    count = min(len(plan), len(shapes_m))
+    return [(m, f, steps) for m, (f, steps) in zip(shapes_m[len(shapes_m) - count :], plan[len(plan) - count :])]
+
+
+def _level_loss(
+    params: _Params,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    similarity: LossFn,
+) -> torch.Tensor:
+    """The similarity at one pyramid level of the voxel matrix ``left @ T @ right``."""
+    moved, _ = _resample(moving, left @ params.matrix() @ right, fixed.shape[2:])
+    return similarity(moved, fixed)
 
 
 def _voxel_matrix(geo: Frames, transform: torch.Tensor) -> torch.Tensor:
@@ -321,24 +335,18 @@ def register_affine(
     fn = "morphreg.optimize.register_affine"
     check_choice(fn, "transform", transform, AFFINE_TRANSFORMS)
     similarity = resolve_loss(fn, loss)
-    check_positive_int(fn, "levels", levels)
-    iters = per_level(fn, "iterations", iterations, levels)
     lr = check_lr(fn, lr)
     if not isinstance(init, torch.Tensor):
         check_choice(fn, "init", init, [*AFFINE_INITS, "<tensor (B, ndim, ndim + 1)>"])
     moving, fixed, geo = _prepare(fn, moving, fixed, moving_affine, fixed_affine)
+    plan = _pair_plan(fn, moving.shape[2:], fixed.shape[2:], levels, iterations)
     n = fixed.dim() - 2
-    batch = fixed.shape[0]
-    shapes = _pair_levels(moving.shape[2:], fixed.shape[2:], levels)
-    iters = iters[len(iters) - len(shapes) :]
-
     if isinstance(init, torch.Tensor):
-        start = _init_from_matrix(fn, init, geo, n, batch)
+        start = _init_from_matrix(fn, init, geo, n, fixed.shape[0])
     else:
-        candidates = initial_transforms(moving, fixed, geo, init, transform)
-        m_shape, f_shape = shapes[0]
+        m_shape, f_shape, _ = plan[0]
         start = _best_candidate(
-            candidates,
+            initial_transforms(moving, fixed, geo, init, transform),
             geo,
             downsample(moving, m_shape),
             downsample(fixed, f_shape),
@@ -347,26 +355,16 @@ def register_affine(
         )
 
     # one parameter unit moves the periphery (radius r) by one fine voxel
-    unit = geo.voxel_size / geo.radius
-    params = _Params(fn, start, transform, unit, fixed.dtype, fixed.device)
+    params = _Params(fn, start, transform, geo.voxel_size / geo.radius, fixed.dtype, fixed.device)
     history: list[float] = []
-    for (m_shape, f_shape), steps in zip(shapes, iters):
+    for m_shape, f_shape, steps in plan:
         scale_m = level_scale(moving.shape[2:], m_shape)
         scale_f = level_scale(fixed.shape[2:], f_shape)
         left = (torch.linalg.inv(scale_matrix(scale_m)) @ geo.left).to(fixed.device, fixed.dtype)
         right = (geo.right @ scale_matrix(scale_f)).to(fixed.device, fixed.dtype)
-        moving_l = downsample(moving, m_shape)
-        fixed_l = downsample(fixed, f_shape)
-
-        def objective(
-            left: torch.Tensor = left,
-            right: torch.Tensor = right,
-            moving_l: torch.Tensor = moving_l,
-            fixed_l: torch.Tensor = fixed_l,
-        ) -> torch.Tensor:
-            moved, _ = _resample(moving_l, left @ params.matrix() @ right, fixed_l.shape[2:])
-            return similarity(moved, fixed_l)
-
+        objective = partial(
+            _level_loss, params, left, right, downsample(moving, m_shape), downsample(fixed, f_shape), similarity
+        )
         level_lr = lr * math.exp(sum(math.log(s) for s in scale_f) / n)
         run_adam(params.tensors(), objective, steps, level_lr, history)
 
