@@ -76,7 +76,7 @@ def register_dense(
     fixed: torch.Tensor,
     *,
     loss: str | LossFn = "ncc",
-    weight: float = 1.0,
+    weight: float = losses.DEFAULT_WEIGHT["ncc"],
     regulariser: str = "grad",
     velocity: bool = False,
     int_steps: int = 7,
@@ -93,8 +93,8 @@ def register_dense(
             broadcasts). Align them affinely first (:func:`register_affine`) if needed.
         loss: similarity, ``"ncc"`` (local, window 9; VoxelMorph's), ``"mse"``, ``"gncc"``,
             ``"mi"``, or a callable ``(moved, fixed) -> scalar``.
-        weight: λ of the regulariser. VoxelMorph's choices: 1 for NCC, 0.01 for MSE on [0, 1]
-            intensities.
+        weight: λ of the regulariser; :data:`morphreg.losses.DEFAULT_WEIGHT` gives the usual one
+            per similarity (VoxelMorph's: 1 for NCC, 0.01 for MSE on [0, 1] intensities).
         regulariser: ``"grad"`` (diffusion, ‖∇u‖²) or ``"bending"`` (bending energy),
             applied to the optimised field (the velocity when ``velocity=True``).
         velocity: optimise a stationary velocity field, ``disp = integrate(v, int_steps)``
