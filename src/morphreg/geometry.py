@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import as_float64_tensor, check_invertible, check_matrix
+from ._checks import as_float64_tensor, check_invertible, check_matrix, check_tensor
 
 __all__ = [
     "Frames",
@@ -182,8 +182,8 @@ def matrix_to_world(
         ``(B, D + 1, D + 1)`` float64 on the CPU.
     """
     fn = "morphreg.geometry.matrix_to_world"
-    m = check_matrix(fn, "matrix_voxel", matrix_voxel, invertible=False)
-    m = homogeneous(m.detach().to("cpu", torch.float64))
+    m = check_tensor(fn, "matrix_voxel", matrix_voxel).detach().to("cpu", torch.float64)
+    m = homogeneous(check_matrix(fn, "matrix_voxel", m, invertible=False))
     n = m.shape[-1] - 1
     a_m, a_f, d = _pair_of_affines(fn, moving_affine, fixed_affine, n)
     if d != n:  # lift the 2D voxel map to 3D, the slice axis mapped to itself

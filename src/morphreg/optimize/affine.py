@@ -378,7 +378,7 @@ def register_affine(
 
 def _init_from_matrix(fn: str, init: torch.Tensor, geo: Frames, n: int, batch: int) -> torch.Tensor:
     """A voxel matrix given as ``init`` -> the transform ``(B, n+1, n+1)`` in the centred frame."""
-    m = check_matrix(fn, "init", init, n).detach().to("cpu", torch.float64)
+    m = check_matrix(fn, "init", init.detach().to("cpu", torch.float64), n)
     if m.shape[0] not in (1, batch):
         raise ValueError(f"{fn}: argument 'init' has batch size {m.shape[0]}, expected 1 or {batch}")
     m = homogeneous(m).expand(batch, n + 1, n + 1)
