@@ -69,7 +69,7 @@ def test_box_sum_matches_brute_force():
 
 def test_greedy_rejects_bad_settings():
     image = torch.rand(1, 1, 16, 16)
-    with pytest.raises(ValueError, match=r"register_greedy: argument 'step' must be a positive number"):
+    with pytest.raises(ValueError, match=r"register_greedy: argument 'step' must be a positive finite number"):
         register_greedy(image, image, step=0.0)
     with pytest.raises(ValueError, match=r"argument 'iterations'"):
         register_greedy(image, image, levels=2, iterations=(1, 2, 3))

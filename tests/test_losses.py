@@ -180,3 +180,18 @@ def test_grad_loss_does_not_scale_with_resolution():
 
     coarse, fine = losses.grad_loss(field(64)).item(), losses.grad_loss(field(128)).item()
     assert coarse == pytest.approx(fine, rel=0.02)
+
+
+def test_loss_names_and_default_weights_have_one_home():
+    assert losses.LOSSES == ("mse", "ncc", "gncc", "mi")
+    assert set(losses.DEFAULT_WEIGHT) == set(losses.LOSSES)
+    assert losses.DEFAULT_WEIGHT == {"ncc": 1.0, "mse": 0.01, "mi": 1.0, "gncc": 1.0}
+    for name in losses.LOSSES:
+        assert isinstance(losses.similarity_loss(name), torch.nn.Module)
+    with pytest.raises(ValueError, match=r"similarity_loss: argument 'name' must be one of \['mse', 'ncc', 'gncc', 'mi'\]"):
+        losses.similarity_loss("ssd")
+    # the copies the workflows still hold (until they import these) must not drift
+    from morphreg.workflows import classical, train
+
+    for table in (getattr(classical, "DEFAULT_WEIGHT", None), getattr(train, "DEFAULT_LAMBDA", None)):
+        assert table is None or table == losses.DEFAULT_WEIGHT

@@ -288,3 +288,51 @@ def test_folding_field_has_negative_determinant():
 def test_error_messages_name_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_sample_is_exact_for_a_linear_image_and_clamps_at_the_border(ndim):
+    shape = (6, 5, 4)[:ndim]
+    grid = spatial.identity_grid(shape, dtype=torch.float64)
+    slopes = (2.0, -3.0, 0.5)[:ndim]
+    image = (1.0 + sum(s * g for s, g in zip(slopes, grid))).view(1, 1, *shape)
+    image = torch.cat([image, 2 * image], dim=1)  # two channels
+    points = torch.tensor([[0.25, 1.5, 2.75], [3.1, 0.0, 1.9], [4.99, 3.2, 0.01]], dtype=torch.float64)[:, :ndim]
+    coords = points.T.unsqueeze(0)  # (1, ndim, N)
+    values = spatial.sample(image, coords)
+    expected = 1.0 + points @ torch.tensor(slopes, dtype=torch.float64)
+    assert values.shape == (1, 2, 3)
+    assert torch.allclose(values[0, 0], expected, atol=1e-12)
+    assert torch.allclose(values[0, 1], 2 * expected, atol=1e-12)
+    # outside the grid: border values (the coordinate clamped to the last voxel)
+    outside = torch.full((1, ndim, 1), -7.0, dtype=torch.float64)
+    outside[0, 0, 0] = 40.0
+    clamped = torch.zeros(ndim, dtype=torch.float64)
+    clamped[0] = shape[0] - 1
+    assert torch.allclose(spatial.sample(image, outside)[0, 0, 0], 1.0 + clamped @ torch.tensor(slopes, dtype=torch.float64))
+    assert spatial.sample(image, outside, padding="zeros")[0, 0, 0] == 0.0
+
+
+def test_sample_agrees_with_warp_and_keeps_the_points_shape():
+    image = torch.rand(2, 1, 9, 7, 8)
+    disp = torch.randn(2, 3, 9, 7, 8)
+    coords = spatial.identity_grid((9, 7, 8)).unsqueeze(0) + disp
+    assert torch.allclose(spatial.sample(image, coords), spatial.warp(image, disp), atol=1e-6)
+    nearest = spatial.sample(image, coords[:1, :, :3, :2, 0], mode="nearest")  # batch 1 broadcasts
+    assert nearest.shape == (2, 1, 3, 2)
+    assert torch.equal(nearest, spatial.warp(image, disp[:1].expand(2, -1, -1, -1, -1), mode="nearest")[:, :, :3, :2, 0])
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: spatial.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 3, 5)), r"'coords' must be .*\(B, 2, \*out\)"),
+        (lambda: spatial.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 5, dtype=torch.long)), "floating-point"),
+        (lambda: spatial.sample(torch.rand(2, 1, 4, 4), torch.zeros(3, 2, 5)), "batch sizes"),
+        (lambda: spatial.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 5), mode="cubic"), "'mode' must be one of"),
+        (lambda: spatial.sample(torch.rand(1, 4, 4), torch.zeros(1, 2, 5)), "argument 'image'"),
+    ],
+)
+def test_sample_error_messages_name_the_argument(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()

@@ -6,6 +6,7 @@ that names the calling function, the argument, what was expected and what was gi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -129,3 +130,149 @@ def check_positive_int(fn: str, name: str, value: object, *, minimum: int = 1, m
     if maximum is not None and value > maximum:
         raise ValueError(f"{_where(fn, name)} must be an integer in [{minimum}, {maximum}], got {value!r}")
     return value
+
+
+def check_number(
+    fn: str,
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite real number in the given range.
+
+    ``bool`` is refused (it is an ``int`` to Python, never a number to the caller).
+
+    Args:
+        minimum, maximum: inclusive bounds, or ``None`` for none.
+        exclusive_minimum: ``minimum`` itself is refused (``> minimum``).
+
+    Returns:
+        ``value`` as a ``float``.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive_minimum else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        raise ValueError(f"{_where(fn, name)} must be {_number_range(minimum, maximum, exclusive_minimum)}, "
+                         f"got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _number_range(minimum: float | None, maximum: float | None, exclusive_minimum: bool) -> str:
+    if minimum == 0 and exclusive_minimum and maximum is None:
+        return "a positive finite number"
+    if minimum is not None and maximum is not None:
+        return f"a finite number in {'(' if exclusive_minimum else '['}{minimum:g}, {maximum:g}]"
+    if minimum is not None:
+        return f"a finite number {'>' if exclusive_minimum else '>='} {minimum:g}"
+    if maximum is not None:
+        return f"a finite number <= {maximum:g}"
+    return "a finite number"
+
+
+#: What :func:`check_pair` requires the two images to share besides their number of spatial dims.
+PAIR_MATCHES = ("shape", "grid", "channels")
+
+
+def check_pair(
+    fn: str,
+    a: object,
+    b: object,
+    *,
+    names: tuple[str, str] = ("moving", "fixed"),
+    match: str = "grid",
+    channels: int | None = None,
+) -> int:
+    """Check two images ``(B, C, *spatial)`` that are compared or registered; return ndim.
+
+    Both must be floating-point images (:func:`check_image`) with the same number of spatial
+    dims and, if ``channels`` is given, that many channels. ``match`` says what else they share:
+
+    * ``"shape"``: the whole shape, batch included (losses, networks).
+    * ``"grid"``: channels and spatial shape; batch sizes equal or one of them 1 (optimisers).
+    * ``"channels"``: channels only, the grids may differ; batch as for ``"grid"`` (affine).
+
+    Args:
+        fn: name of the calling function, for the message.
+        a, b: the two images.
+        names: their argument names, for the message.
+    """
+    check_choice(fn, "match", match, PAIR_MATCHES)
+    name_a, name_b = names
+    a = check_tensor(fn, name_a, a)
+    b = check_tensor(fn, name_b, b)
+    ndim = check_image(fn, name_a, a, channels=channels)
+    ndim_b = check_image(fn, name_b, b, channels=channels)
+    shapes = f"{tuple(a.shape)} and {tuple(b.shape)}"
+    if ndim != ndim_b:
+        raise ValueError(f"{fn}: '{name_a}' has {ndim} spatial dims but '{name_b}' has {ndim_b} (shapes {shapes})")
+    if match == "shape":
+        check_same_shape(fn, name_a, a, name_b, b)
+        return ndim
+    if match == "grid" and a.shape[1:] != b.shape[1:]:
+        raise ValueError(
+            f"{fn}: arguments '{name_a}' and '{name_b}' must have the same channels and spatial shape, got {shapes}"
+        )
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{fn}: '{name_a}' and '{name_b}' must have the same number of channels, got "
+            f"{a.shape[1]} and {b.shape[1]}"
+        )
+    check_batch(fn, name_a, a, name_b, b)
+    return ndim
+
+
+def check_matrix(
+    fn: str,
+    name: str,
+    matrix: object,
+    ndim: int | None = None,
+    *,
+    invertible: bool = True,
+) -> torch.Tensor:
+    """Check a voxel matrix ``(B, n, n + 1)`` or ``(B, n + 1, n + 1)`` (batch dim optional).
+
+    The matrix maps a voxel index ``x`` (ij order) to ``A x + t`` (see :mod:`morphreg.geometry`).
+    It must be a floating-point tensor with finite values and, with ``invertible``, a linear
+    part ``A`` whose determinant is not 0.
+
+    Args:
+        ndim: the required ``n`` (the spatial dims of the images), or ``None`` for 2 or 3.
+
+    Returns:
+        The matrix with a batch dim, ``(B, n, n + 1)`` or ``(B, n + 1, n + 1)``; same dtype and
+        device, still attached to the autograd graph.
+    """
+    m = check_tensor(fn, name, matrix)
+    if m.dim() == 2:
+        m = m.unsqueeze(0)
+    n = m.shape[-1] - 1 if ndim is None else ndim
+    if m.dim() != 3 or n not in SUPPORTED_NDIMS or m.shape[-1] != n + 1 or m.shape[-2] not in (n, n + 1):
+        images = "2D or 3D images" if ndim is None else f"{ndim}D images"
+        n_text = "ndim" if ndim is None else str(n)
+        n1_text = "ndim + 1" if ndim is None else str(n + 1)
+        raise ValueError(
+            f"{_where(fn, name)} must have shape (B, {n_text}, {n1_text}) or (B, {n1_text}, {n1_text}) "
+            f"(a voxel matrix for {images}), got {tuple(matrix.shape)}"  # type: ignore[union-attr]
+        )
+    if not m.is_floating_point():
+        raise TypeError(f"{_where(fn, name)} must be floating-point, got {m.dtype}")
+    if not torch.isfinite(m).all():
+        raise ValueError(f"{_where(fn, name)} contains NaN or inf")
+    if invertible:
+        check_invertible(fn, name, m[:, :n, :n], "an affine registration must be invertible")
+    return m
+
+
+def check_invertible(fn: str, name: str, linear: torch.Tensor, why: str) -> None:
+    """Raise ``ValueError`` if any matrix of ``linear`` ``(B, n, n)`` has ``|det| < 1e-12``."""
+    det = torch.linalg.det(linear.detach().to(torch.float64))
+    if (det.abs() < 1e-12).any():
+        raise ValueError(
+            f"{_where(fn, name)} is singular (det of the linear part = {det.abs().min().item():.3g}); {why}"
+        )

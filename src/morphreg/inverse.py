@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from . import spatial
+from ._checks import check_positive_int
 
 
 class InverseResult(NamedTuple):
@@ -49,8 +50,7 @@ def invert_disp(disp: torch.Tensor, iterations: int = 50, tolerance: float = 1e-
         extended by its border values.
     """
     fn = "morphreg.inverse.invert_disp"
-    if iterations < 1:
-        raise ValueError(f"{fn}: argument 'iterations' must be >= 1, got {iterations}")
+    check_positive_int(fn, "iterations", iterations)
     disp = disp.float()
     inverse = -disp
     done = 0

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_field, check_image, check_positive_int, check_same_shape
+from ._checks import check_choice, check_field, check_pair, check_positive_int
 
 __all__ = [
+    "LOSSES",
+    "DEFAULT_WEIGHT",
     "mse_loss",
     "ncc_loss",
     "global_ncc_loss",
@@ -33,11 +35,16 @@ __all__ = [
 ]
 
 
+#: Names of the image similarities (:func:`similarity_loss`), the one list every layer offers.
+LOSSES = ("mse", "ncc", "gncc", "mi")
+
+#: Default regularisation weight λ for each similarity: VoxelMorph's 1 for local NCC and 0.01
+#: for MSE on [0, 1] intensities; 1 for global NCC and MI, which like NCC lie in [-1, 0].
+DEFAULT_WEIGHT: dict[str, float] = {"ncc": 1.0, "mse": 0.01, "mi": 1.0, "gncc": 1.0}
+
+
 def _check_pair(fn: str, a: torch.Tensor, b: torch.Tensor) -> int:
-    ndim = check_image(fn, "a", a)
-    check_image(fn, "b", b)
-    check_same_shape(fn, "a", a, "b", b)
-    return ndim
+    return check_pair(fn, a, b, names=("a", "b"), match="shape")
 
 
 def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,9 +186,7 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> to
         Scalar in [0, 1]; 0 when ``pred == target`` (one-hot).
     """
     fn = "morphreg.losses.dice_loss"
-    check_image(fn, "pred", pred)
-    check_image(fn, "target", target)
-    check_same_shape(fn, "pred", pred, "target", target)
+    check_pair(fn, pred, target, names=("pred", "target"), match="shape")
     dims = tuple(range(2, pred.dim()))
     inter = (pred * target).sum(dims)
     total = pred.sum(dims) + target.sum(dims)
@@ -238,14 +243,15 @@ def bending_loss(disp: torch.Tensor) -> torch.Tensor:
 
 
 def similarity_loss(name: str, **settings: float) -> nn.Module:
-    """Build a similarity loss module by name: ``"mse"``, ``"ncc"``, ``"gncc"`` or ``"mi"``."""
+    """Build a similarity loss module by name, one of :data:`LOSSES`: ``"mse"``, ``"ncc"``,
+    ``"gncc"`` or ``"mi"``."""
     table: dict[str, type[nn.Module]] = {
         "mse": MSELoss,
         "ncc": NCCLoss,
         "gncc": GlobalNCCLoss,
         "mi": MILoss,
     }
-    check_choice("morphreg.losses.similarity_loss", "name", name, list(table))
+    check_choice("morphreg.losses.similarity_loss", "name", name, LOSSES)
     return table[name](**settings)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ._checks import check_field, check_tensor
+from ._checks import check_field, check_same_shape, check_tensor
 from .spatial import jacobian_det
 
 __all__ = ["LabelScores", "dice", "hd95", "folding_fraction", "log_jacobian_std", "label_values"]
@@ -59,11 +59,7 @@ def _labels_and_pair(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     a = _as_label_batch(fn, "a", a)
     b = _as_label_batch(fn, "b", b)
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{fn}: arguments 'a' and 'b' must have the same shape, got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
+    check_same_shape(fn, "a", a, "b", b)
     if labels is None:
         label_tensor = label_values(a, b)
     else:

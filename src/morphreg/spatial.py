@@ -25,6 +25,8 @@ from ._checks import (
     check_choice,
     check_field,
     check_image,
+    check_matrix,
+    check_number,
     check_positive_int,
     check_tensor,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "ALIGN_CORNERS",
     "identity_grid",
     "warp",
+    "sample",
     "compose",
     "integrate",
     "resize",
@@ -66,19 +69,37 @@ def identity_grid(
 
 
 def _to_sampling_grid(disp: torch.Tensor) -> torch.Tensor:
-    """Voxel displacement ``(B, ndim, *spatial)`` -> grid_sample grid ``(B, *spatial, ndim)``.
-
-    The only function that knows grid_sample's normalised [-1, 1], reversed-axis convention.
-    """
+    """Voxel displacement ``(B, ndim, *spatial)`` -> grid_sample grid ``(B, *spatial, ndim)``."""
     spatial = disp.shape[2:]
-    ndim = len(spatial)
     coords = identity_grid(spatial, device=disp.device, dtype=disp.dtype).unsqueeze(0) + disp
+    return _coords_to_grid(coords, spatial)
+
+
+def _coords_to_grid(coords: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
+    """Voxel coordinates ``(B, ndim, *out)`` in an image of spatial shape ``image_shape`` ->
+    grid_sample grid ``(B, *out, ndim)``.
+
+    With :func:`_grid_sample`, the only code that knows grid_sample's normalised [-1, 1],
+    reversed-axis convention.
+    """
+    ndim = len(image_shape)
     # size-1 axes: any coordinate maps to the single sample (avoid dividing by zero).
     scale = torch.tensor(
-        [2.0 / max(s - 1, 1) for s in spatial], device=disp.device, dtype=disp.dtype
-    ).view(1, ndim, *([1] * ndim))
+        [2.0 / max(s - 1, 1) for s in image_shape], device=coords.device, dtype=coords.dtype
+    ).view(1, ndim, *([1] * (coords.dim() - 2)))
     normalised = coords * scale - 1.0
     return normalised.movedim(1, -1).flip(-1)
+
+
+def _grid_sample(values: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample`` with morphreg's names (``mode`` "linear"/"nearest") and convention."""
+    return F.grid_sample(
+        values,
+        grid,
+        mode="bilinear" if mode == "linear" else "nearest",
+        padding_mode=padding,
+        align_corners=ALIGN_CORNERS,
+    )
 
 
 def warp(
@@ -123,16 +144,52 @@ def warp(
     batch = max(values.shape[0], disp.shape[0])
     values = values.expand(batch, *values.shape[1:])
     grid = _to_sampling_grid(disp).expand(batch, *disp.shape[2:], ndim)
-    moved = F.grid_sample(
-        values,
-        grid,
-        mode="bilinear" if mode == "linear" else "nearest",
-        padding_mode=padding,
-        align_corners=ALIGN_CORNERS,
-    )
+    moved = _grid_sample(values, grid, mode, padding)
     if integer_labels:
         moved = moved.round().to(image.dtype)
     return moved
+
+
+def sample(
+    image: torch.Tensor,
+    coords: torch.Tensor,
+    mode: str = "linear",
+    padding: str = "border",
+) -> torch.Tensor:
+    """Values of ``image`` at arbitrary voxel coordinates (the same interpolation as :func:`warp`).
+
+    ``warp(image, disp) == sample(image, identity_grid(spatial) + disp)``; here the points need
+    not form the image's grid: any number of them, in any arrangement ``out``.
+
+    Args:
+        image: ``(B, C, *spatial)`` floating point.
+        coords: ``(B, ndim, *out)`` voxel coordinates (ij order, component ``k`` along tensor
+            axis ``2 + k``) of the points to sample; ``out`` is any shape (e.g. ``(N,)`` for
+            ``N`` landmarks). Batch 1 broadcasts against the image's batch.
+        mode: ``"linear"`` or ``"nearest"``.
+        padding: value outside the image: ``"zeros"``, ``"border"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, *out)`` in ``image``'s dtype.
+    """
+    fn = "morphreg.spatial.sample"
+    ndim = check_image(fn, "image", image)
+    coords = check_tensor(fn, "coords", coords)
+    if coords.dim() < 3 or coords.shape[1] != ndim or not coords.is_floating_point():
+        raise ValueError(
+            f"{fn}: argument 'coords' must be a floating-point tensor of shape (B, {ndim}, *out) for a "
+            f"{ndim}D image, got {tuple(coords.shape)} ({coords.dtype})"
+        )
+    check_choice(fn, "mode", mode, INTERP_MODES)
+    check_choice(fn, "padding", padding, PADDING_MODES)
+    check_batch(fn, "image", image, "coords", coords)
+    out = coords.shape[2:]
+    batch = max(image.shape[0], coords.shape[0])
+    # grid_sample wants an ndim-D output grid: lay the points out along the first output axis
+    points = coords.to(image.dtype).reshape(coords.shape[0], ndim, -1, *([1] * (ndim - 1)))
+    grid = _coords_to_grid(points, image.shape[2:]).expand(batch, *points.shape[2:], ndim)
+    values = _grid_sample(image.expand(batch, *image.shape[1:]), grid, mode, padding)
+    return values.reshape(batch, image.shape[1], *out)
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -208,8 +265,7 @@ def resize(
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{fn}: give exactly one of 'size' or 'scale_factor'")
     if size is None:
-        if not scale_factor or scale_factor <= 0:
-            raise ValueError(f"{fn}: argument 'scale_factor' must be > 0, got {scale_factor!r}")
+        scale_factor = check_number(fn, "scale_factor", scale_factor, minimum=0, exclusive_minimum=True)
         new = [max(1, math.floor(s * scale_factor + 0.5)) for s in old]
     else:
         new = [int(s) for s in size]
@@ -231,6 +287,10 @@ def resize(
 def affine_to_disp(matrix: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Dense displacement of an affine map given in voxel coordinates.
 
+    It stays here, not in :mod:`morphreg.geometry`: it makes a dense field on this module's
+    grid (:func:`identity_grid`), and ``spatial`` must not import ``geometry`` (the matrix check
+    is the shared :func:`morphreg._checks.check_matrix`).
+
     The matrix maps a fixed-image voxel index ``x`` (ij order, origin at voxel 0) to the
     moving-image voxel ``A x + t`` it samples, so ``disp(x) = A x + t - x``.
 
@@ -242,28 +302,11 @@ def affine_to_disp(matrix: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         ``(B, ndim, *shape)`` displacement in voxels.
     """
     fn = "morphreg.spatial.affine_to_disp"
-    matrix = check_tensor(fn, "matrix", matrix)
     ndim = len(shape)
     if ndim not in (2, 3):
         raise ValueError(f"{fn}: argument 'shape' must have 2 or 3 entries, got {tuple(shape)}")
-    if matrix.dim() == 2:
-        matrix = matrix.unsqueeze(0)
-    if matrix.dim() != 3 or matrix.shape[-1] != ndim + 1 or matrix.shape[-2] not in (ndim, ndim + 1):
-        raise ValueError(
-            f"{fn}: argument 'matrix' must have shape (B, {ndim}, {ndim + 1}) or "
-            f"(B, {ndim + 1}, {ndim + 1}) for a {ndim}D shape, got {tuple(matrix.shape)}"
-        )
-    if not matrix.is_floating_point():
-        raise TypeError(f"{fn}: argument 'matrix' must be floating-point, got {matrix.dtype}")
-    if not torch.isfinite(matrix).all():
-        raise ValueError(f"{fn}: argument 'matrix' contains NaN or inf")
+    matrix = check_matrix(fn, "matrix", matrix, ndim)
     linear = matrix[:, :ndim, :ndim]
-    det = torch.linalg.det(linear.detach().double())
-    if (det.abs() < 1e-12).any():
-        raise ValueError(
-            f"{fn}: argument 'matrix' is singular (det of the linear part = "
-            f"{det.min().item():.3g}); an affine registration must be invertible"
-        )
     grid = identity_grid(shape, device=matrix.device, dtype=matrix.dtype).reshape(ndim, -1)
     mapped = linear @ grid + matrix[:, :ndim, ndim:]
     return (mapped - grid).reshape(matrix.shape[0], ndim, *shape)

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import io
+from .._checks import check_choice
 from .._files import atomic_write
 
 MATRIX_FORMATS = ("ras", "itk", "fsl", "lta")
@@ -32,8 +33,7 @@ _NITRANSFORMS_NAME = {"fsl": "fsl", "lta": "fs"}
 
 
 def _check_format(fn: str, fmt: str) -> None:
-    if fmt not in MATRIX_FORMATS:
-        raise ValueError(f"{fn}: argument 'fmt' must be one of {list(MATRIX_FORMATS)}, got {fmt!r}")
+    check_choice(fn, "fmt", fmt, MATRIX_FORMATS)
 
 
 def _nifti_of(volume: io.Volume) -> nib.Nifti1Image:

@@ -8,29 +8,11 @@ import torch
 from torch import nn
 
 from .. import spatial
-from .._checks import check_choice, check_image, check_positive_int
+from .._checks import check_choice, check_pair, check_positive_int
+from ..geometry import centred_to_voxel_matrix
 from .checkpoint import SavableModel
 from .layers import ConvBlock
 from .vxm import RegistrationOutput
-
-
-def centred_to_voxel_matrix(linear: torch.Tensor, shift: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Affine about the image centre -> voxel matrix for :func:`morphreg.spatial.affine_to_disp`.
-
-    ``y = c + L (x - c) + shift * (size - 1)`` for voxel ``x``, centre ``c = (size - 1) / 2``.
-
-    Args:
-        linear: ``(B, ndim, ndim)``.
-        shift: ``(B, ndim)`` translation as a fraction of the image extent.
-        shape: spatial shape.
-
-    Returns:
-        ``(B, ndim, ndim + 1)`` voxel matrix ``[A | t]`` with ``y = A x + t``.
-    """
-    extent = torch.tensor([s - 1 for s in shape], dtype=linear.dtype, device=linear.device)
-    centre = extent / 2
-    translation = centre + shift * extent - (linear @ centre.unsqueeze(-1)).squeeze(-1)
-    return torch.cat([linear, translation.unsqueeze(-1)], dim=-1)
 
 
 class AffineNet(SavableModel):
@@ -69,13 +51,9 @@ class AffineNet(SavableModel):
     def predict_matrix(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """``(B, ndim, ndim + 1)`` voxel matrix mapping fixed voxels to moving voxels."""
         fn = "AffineNet.forward"
-        ndim = check_image(fn, "moving", moving, channels=self.in_channels)
-        check_image(fn, "fixed", fixed, channels=self.in_channels)
-        if ndim != self.ndim or moving.shape != fixed.shape:
-            raise ValueError(
-                f"{fn}: 'moving' and 'fixed' must be {self.ndim}D images of the same shape, got "
-                f"{tuple(moving.shape)} and {tuple(fixed.shape)}"
-            )
+        ndim = check_pair(fn, moving, fixed, match="shape", channels=self.in_channels)
+        if ndim != self.ndim:
+            raise ValueError(f"{fn}: this model is {self.ndim}D but 'moving' has shape {tuple(moving.shape)}")
         features = self.encoder(torch.cat([moving, fixed], dim=1)).flatten(2).mean(-1)
         params = self.head(features).view(-1, self.ndim, self.ndim + 1)
         eye = torch.eye(self.ndim, dtype=params.dtype, device=params.device)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import spatial
-from .._checks import check_choice, check_image, check_positive_int
+from .._checks import check_choice, check_pair, check_positive_int
 from .checkpoint import SavableModel
 from .layers import UNet, channels_last, conv_class, crop_to, pad_to_multiple
 
@@ -104,17 +104,11 @@ class VxmDense(SavableModel):
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         fn = "VxmDense.forward"
-        ndim = check_image(fn, "moving", moving, channels=self.in_channels)
-        check_image(fn, "fixed", fixed, channels=self.in_channels)
+        ndim = check_pair(fn, moving, fixed, match="shape", channels=self.in_channels)
         if ndim != self.ndim:
             raise ValueError(
                 f"{fn}: this model is {self.ndim}D but 'moving' has {ndim} spatial dims "
                 f"(shape {tuple(moving.shape)})"
-            )
-        if moving.shape != fixed.shape:
-            raise ValueError(
-                f"{fn}: 'moving' and 'fixed' must have the same shape, got "
-                f"{tuple(moving.shape)} and {tuple(fixed.shape)}"
             )
 
     def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Optimisation-based registration on morphreg's functional core (no network needed).
 
 * :func:`register_affine` — translation / rigid / similarity / affine, multi-resolution,
-  moments initialisation, voxel and world matrices (:mod:`.affine`).
+  moments initialisation (:mod:`.moments`), voxel and world matrices (:mod:`.affine`;
+  :func:`matrix_to_world` lives in :mod:`morphreg.geometry`).
 * :func:`register_dense` — dense displacement or stationary-velocity field fitted to one pair
   with the training loss; :func:`refine_network_prediction` starts it from a network's output
   without touching the network (:mod:`.dense`).
@@ -16,15 +17,8 @@ voxels (ij order), pull-back warping ``moved(x) = moving(x + disp(x))``, 2D and 
 path, results as NamedTuples whose fields never depend on the options.
 """
 
-from .affine import (
-    AFFINE_INITS,
-    AFFINE_TRANSFORMS,
-    AffineResult,
-    centre_of_mass,
-    matrix_to_world,
-    moments_init,
-    register_affine,
-)
+from ..geometry import matrix_to_world
+from .affine import AFFINE_INITS, AFFINE_TRANSFORMS, AffineResult, moments_init, register_affine
 from .dense import REGULARISERS, DenseResult, refine_network_prediction, register_dense
 from .ffd import (
     FFDResult,
@@ -36,6 +30,7 @@ from .ffd import (
 )
 from .greedy import GREEDY_PRESETS, GreedyResult, invert_disp, register_greedy
 from .landmarks import ThinPlateSpline, fit_affine, fit_tps, tps_kernel, tre
+from .moments import centre_of_mass
 
 __all__ = [
     "AFFINE_INITS",

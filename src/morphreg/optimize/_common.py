@@ -1,5 +1,9 @@
 """Private helpers shared by the optimisers: loss lookup, per-level settings, image pyramid, Adam.
 
+The one Adam loop (:func:`run_adam`, :func:`fit_tensor` for a single tensor) and the one loss
+resolver (:func:`resolve_loss`) of :mod:`morphreg.optimize`; the validation of the moving/fixed
+pair is :func:`morphreg._checks.check_pair` (+ :func:`broadcast_pair` here).
+
 Pyramid convention (the same as :func:`morphreg.spatial.resize`): level grids are matched to the
 full-resolution grid at the corners (``align_corners=True``), so level voxel ``x_l`` along axis
 ``k`` sits at full-resolution voxel ``x_l * (n_k - 1) / (m_k - 1)``. Fields resized with
@@ -15,26 +19,45 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_number, check_pair, check_positive_int
 from ..spatial import TORCH_LINEAR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MIN_LEVEL_SIZE = 16
-SIMILARITIES = ("mse", "ncc", "gncc", "mi")
 
 
 def resolve_loss(fn: str, loss: str | LossFn) -> LossFn:
-    """A similarity ``(moved, fixed) -> scalar`` from a name of :func:`losses.similarity_loss`."""
+    """A similarity ``(moved, fixed) -> scalar`` from a name in :data:`morphreg.losses.LOSSES`."""
     if isinstance(loss, str):
-        check_choice(fn, "loss", loss, SIMILARITIES)
+        check_choice(fn, "loss", loss, losses.LOSSES)
         return losses.similarity_loss(loss)
     if callable(loss):
         return loss
+    names = ", ".join(repr(name) for name in losses.LOSSES)
     raise TypeError(
-        f"{fn}: argument 'loss' must be a loss name ('mse', 'ncc', 'gncc', 'mi') or a callable "
+        f"{fn}: argument 'loss' must be a loss name ({names}) or a callable "
         f"(moved, fixed) -> scalar tensor, got {type(loss).__name__}"
     )
+
+
+def broadcast_pair(moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand a batch of 1 to the other's batch and cast ``moving`` to ``fixed``'s dtype.
+
+    For a pair already checked by :func:`morphreg._checks.check_pair` (``match="grid"`` or
+    ``"channels"``): ``(B_m, C, *s_m)``, ``(B_f, C, *s_f)`` -> batch ``max(B_m, B_f)`` each.
+    """
+    batch = max(moving.shape[0], fixed.shape[0])
+    return (
+        moving.expand(batch, *moving.shape[1:]).to(fixed.dtype),
+        fixed.expand(batch, *fixed.shape[1:]),
+    )
+
+
+def check_same_grid_pair(fn: str, moving: object, fixed: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a same-grid image pair (:func:`check_pair`) and :func:`broadcast_pair` it."""
+    check_pair(fn, moving, fixed, match="grid")
+    return broadcast_pair(moving, fixed)  # type: ignore[arg-type]
 
 
 def per_level(fn: str, name: str, value: int | Sequence[int], levels: int) -> list[int]:
@@ -57,16 +80,26 @@ def per_level(fn: str, name: str, value: int | Sequence[int], levels: int) -> li
 
 def check_lr(fn: str, lr: float) -> float:
     """Raise unless ``lr`` is a finite positive number."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"{fn}: argument 'lr' must be a positive finite number, got {lr!r}")
-    return float(lr)
+    return check_number(fn, "lr", lr, minimum=0, exclusive_minimum=True)
 
 
 def check_weight(fn: str, weight: float) -> float:
     """Raise unless ``weight`` is a finite number >= 0."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"{fn}: argument 'weight' must be a finite number >= 0, got {weight!r}")
-    return float(weight)
+    return check_number(fn, "weight", weight, minimum=0)
+
+
+def level_plan(
+    fn: str, shape: Sequence[int], levels: int, iterations: int | Sequence[int]
+) -> list[tuple[list[int], int]]:
+    """Validate ``levels`` and ``iterations``; ``(spatial shape, iterations)`` per level, coarse to fine.
+
+    The levels are :func:`level_shapes` (too small ones left out); ``iterations`` gives one
+    entry per requested level, and the entries of the left-out (coarsest) levels are dropped.
+    """
+    check_positive_int(fn, "levels", levels)
+    iters = per_level(fn, "iterations", iterations, levels)
+    shapes = level_shapes(shape, levels)
+    return list(zip(shapes, iters[len(iters) - len(shapes) :]))
 
 
 def level_shapes(shape: Sequence[int], levels: int) -> list[list[int]]:
@@ -134,6 +167,22 @@ def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 def level_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
     """Full-resolution voxels per level voxel along each axis (corner-aligned grids)."""
     return [(o - 1) / (n - 1) if n > 1 else 1.0 for o, n in zip(old, new)]
+
+
+def fit_tensor(
+    start: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    iterations: int,
+    lr: float,
+    history: list[float],
+) -> torch.Tensor:
+    """Minimise ``objective(param)`` over one tensor from ``start`` with :func:`run_adam`.
+
+    Only a detached copy of ``start`` is optimised; returns the (detached) result.
+    """
+    param = start.detach().clone().requires_grad_(True)
+    run_adam([param], lambda: objective(param), iterations, lr, history)
+    return param.detach()
 
 
 def run_adam(

@@ -9,29 +9,23 @@ brought up with :func:`morphreg.spatial.resize` (which rescales its vectors).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from .. import losses, spatial
-from .._checks import (
-    check_batch,
-    check_choice,
-    check_field,
-    check_image,
-    check_positive_int,
-    check_tensor,
-)
+from .._checks import check_choice, check_field, check_positive_int, check_tensor
 from ._common import (
     LossFn,
     check_lr,
+    check_same_grid_pair,
     check_weight,
     downsample,
-    level_shapes,
-    per_level,
+    fit_tensor,
+    level_plan,
     resolve_loss,
-    run_adam,
 )
 
 __all__ = ["DenseResult", "REGULARISERS", "register_dense", "refine_network_prediction"]
@@ -59,25 +53,6 @@ class DenseResult(NamedTuple):
     loss_history: list[float]
 
 
-def _check_pair(fn: str, moving: object, fixed: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a same-grid image pair; broadcast batch 1 and cast ``moving`` to fixed's dtype."""
-    moving = check_tensor(fn, "moving", moving)
-    fixed = check_tensor(fn, "fixed", fixed)
-    check_image(fn, "moving", moving)
-    check_image(fn, "fixed", fixed)
-    if moving.shape[1:] != fixed.shape[1:]:
-        raise ValueError(
-            f"{fn}: arguments 'moving' and 'fixed' must have the same channels and spatial "
-            f"shape, got {tuple(moving.shape)} and {tuple(fixed.shape)}"
-        )
-    check_batch(fn, "moving", moving, "fixed", fixed)
-    batch = max(moving.shape[0], fixed.shape[0])
-    return (
-        moving.expand(batch, *moving.shape[1:]).to(fixed.dtype),
-        fixed.expand(batch, *fixed.shape[1:]),
-    )
-
-
 def _check_init(fn: str, name: str, field: object, fixed: torch.Tensor, any_size: bool) -> torch.Tensor | None:
     if field is None:
         return None
@@ -101,7 +76,7 @@ def register_dense(
     fixed: torch.Tensor,
     *,
     loss: str | LossFn = "ncc",
-    weight: float = 1.0,
+    weight: float = losses.DEFAULT_WEIGHT["ncc"],
     regulariser: str = "grad",
     velocity: bool = False,
     int_steps: int = 7,
@@ -118,8 +93,8 @@ def register_dense(
             broadcasts). Align them affinely first (:func:`register_affine`) if needed.
         loss: similarity, ``"ncc"`` (local, window 9; VoxelMorph's), ``"mse"``, ``"gncc"``,
             ``"mi"``, or a callable ``(moved, fixed) -> scalar``.
-        weight: λ of the regulariser. VoxelMorph's choices: 1 for NCC, 0.01 for MSE on [0, 1]
-            intensities.
+        weight: λ of the regulariser; :data:`morphreg.losses.DEFAULT_WEIGHT` gives the usual one
+            per similarity (VoxelMorph's: 1 for NCC, 0.01 for MSE on [0, 1] intensities).
         regulariser: ``"grad"`` (diffusion, ‖∇u‖²) or ``"bending"`` (bending energy),
             applied to the optimised field (the velocity when ``velocity=True``).
         velocity: optimise a stationary velocity field, ``disp = integrate(v, int_steps)``
@@ -140,7 +115,7 @@ def register_dense(
         optimised.
     """
     fn = "morphreg.optimize.register_dense"
-    moving, fixed = _check_pair(fn, moving, fixed)
+    moving, fixed = check_same_grid_pair(fn, moving, fixed)
     similarity = resolve_loss(fn, loss)
     weight = check_weight(fn, weight)
     check_choice(fn, "regulariser", regulariser, list(REGULARISERS))
@@ -148,8 +123,7 @@ def register_dense(
     if not isinstance(velocity, bool):
         raise TypeError(f"{fn}: argument 'velocity' must be a bool, got {type(velocity).__name__}")
     check_positive_int(fn, "int_steps", int_steps, minimum=0 if not velocity else 1)
-    check_positive_int(fn, "levels", levels)
-    iters = per_level(fn, "iterations", iterations, levels)
+    plan = level_plan(fn, fixed.shape[2:], levels, iterations)
     lr = check_lr(fn, lr)
     if init_disp is not None and init_velocity is not None:
         raise ValueError(f"{fn}: give at most one of 'init_disp' and 'init_velocity'")
@@ -165,32 +139,23 @@ def register_dense(
             start_v if velocity else spatial.resize(spatial.integrate(start_v, max(int_steps, 7)), size=fixed.shape[2:])
         )
 
-    shapes = level_shapes(fixed.shape[2:], levels)
-    iters = iters[len(iters) - len(shapes) :]
-    if regulariser == "bending" and min(shapes[0]) < 3:
+    if regulariser == "bending" and min(plan[0][0]) < 3:
         raise ValueError(f"{fn}: regulariser='bending' needs every spatial size >= 3")
 
     def to_disp(field: torch.Tensor) -> torch.Tensor:
         return spatial.integrate(field, int_steps) if velocity else field
 
+    def objective(param: torch.Tensor, moving_l: torch.Tensor, fixed_l: torch.Tensor) -> torch.Tensor:
+        moved = spatial.warp(moving_l, to_disp(param))
+        return similarity(moved, fixed_l) + weight * regularise(param)
+
     history: list[float] = []
-    field = start if start is not None else fixed.new_zeros(fixed.shape[0], len(shapes[0]), *shapes[0])
-    for shape, steps in zip(shapes, iters):
+    first = plan[0][0]
+    field = start if start is not None else fixed.new_zeros(fixed.shape[0], len(first), *first)
+    for shape, steps in plan:
         field = spatial.resize(field, size=shape)
-        param = field.detach().clone().requires_grad_(True)
-        moving_l = downsample(moving, shape)
-        fixed_l = downsample(fixed, shape)
-
-        def objective(
-            param: torch.Tensor = param,
-            moving_l: torch.Tensor = moving_l,
-            fixed_l: torch.Tensor = fixed_l,
-        ) -> torch.Tensor:
-            moved = spatial.warp(moving_l, to_disp(param))
-            return similarity(moved, fixed_l) + weight * regularise(param)
-
-        run_adam([param], objective, steps, lr, history)
-        field = param.detach()
+        level = partial(objective, moving_l=downsample(moving, shape), fixed_l=downsample(fixed, shape))
+        field = fit_tensor(field, level, steps, lr, history)
 
     with torch.no_grad():
         disp = to_disp(field)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -31,15 +32,15 @@ from .._checks import check_field, check_positive_int, check_tensor
 from ._common import (
     LossFn,
     check_lr,
+    check_same_grid_pair,
     check_weight,
     downsample,
+    fit_tensor,
     level_scale,
     level_shapes,
     per_level,
     resolve_loss,
-    run_adam,
 )
-from .dense import _check_pair
 
 __all__ = [
     "FFDResult",
@@ -233,7 +234,7 @@ def register_ffd(
         :class:`FFDResult`.
     """
     fn = "morphreg.optimize.register_ffd"
-    moving, fixed = _check_pair(fn, moving, fixed)
+    moving, fixed = check_same_grid_pair(fn, moving, fixed)
     ndim = fixed.dim() - 2
     shape = list(fixed.shape[2:])
     steps = _spacing(fn, spacing, ndim)
@@ -259,6 +260,16 @@ def register_ffd(
             )
         control = control.to(fixed.device, fixed.dtype).expand(batch, *control.shape[1:])
 
+    def objective(
+        param: torch.Tensor, spacing: list[int], level_shape: list[int], moving_l: torch.Tensor, fixed_l: torch.Tensor
+    ) -> torch.Tensor:
+        disp = bspline_disp(param, spacing, shape)
+        moved = spatial.warp(moving_l, spatial.resize(disp, size=level_shape))
+        total = similarity(moved, fixed_l)
+        if weight > 0:
+            total = total + weight * losses.bending_loss(disp)
+        return total
+
     pyramid = level_shapes(shape, levels)
     pyramid = [shape] * (levels - len(pyramid)) + pyramid  # too small: full resolution
     history: list[float] = []
@@ -266,27 +277,15 @@ def register_ffd(
         level_spacing = [s * 2 ** (levels - 1 - level) for s in steps]
         if level > 0:
             control = refine_control_points(control, level_spacing, shape)
-        param = control.detach().clone().requires_grad_(True)
-        moving_l = downsample(moving, level_shape)
-        fixed_l = downsample(fixed, level_shape)
-
-        def objective(
-            param: torch.Tensor = param,
-            level_spacing: list[int] = level_spacing,
-            level_shape: list[int] = level_shape,
-            moving_l: torch.Tensor = moving_l,
-            fixed_l: torch.Tensor = fixed_l,
-        ) -> torch.Tensor:
-            disp = bspline_disp(param, level_spacing, shape)
-            moved = spatial.warp(moving_l, spatial.resize(disp, size=level_shape))
-            total = similarity(moved, fixed_l)
-            if weight > 0:
-                total = total + weight * losses.bending_loss(disp)
-            return total
-
+        level_objective = partial(
+            objective,
+            spacing=level_spacing,
+            level_shape=level_shape,
+            moving_l=downsample(moving, level_shape),
+            fixed_l=downsample(fixed, level_shape),
+        )
         factor = math.exp(sum(math.log(f) for f in level_scale(shape, level_shape)) / ndim)
-        run_adam([param], objective, count, lr * factor, history)
-        control = param.detach()
+        control = fit_tensor(control, level_objective, count, lr * factor, history)
 
     with torch.no_grad():
         disp = bspline_disp(control, steps, shape)

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import spatial
-from .._checks import check_positive_int
-from ._common import downsample, gaussian_blur, level_shapes, per_level
-from .dense import _check_pair
+from .._checks import check_number, check_positive_int
+from ._common import check_same_grid_pair, downsample, gaussian_blur, level_plan
 
 if TYPE_CHECKING:
     from ..models.vxm import RegistrationOutput
@@ -194,22 +193,18 @@ def register_greedy(
         :class:`GreedyResult`.
     """
     fn = "morphreg.optimize.register_greedy"
-    moving, fixed = _check_pair(fn, moving, fixed)
+    moving, fixed = check_same_grid_pair(fn, moving, fixed)
     if moving.shape[1] != 1:
         raise ValueError(f"{fn}: argument 'moving' must have 1 channel, got {moving.shape[1]}")
-    check_positive_int(fn, "levels", levels)
+    plan = level_plan(fn, fixed.shape[2:], levels, iterations)
     check_positive_int(fn, "radius", radius)
-    iters = per_level(fn, "iterations", iterations, levels)
-    for name, value in (("step", step), ("fluid_sigma", fluid_sigma), ("elastic_sigma", elastic_sigma)):
-        if not isinstance(value, (int, float)) or not value >= 0 or (name == "step" and value == 0):
-            raise ValueError(f"{fn}: argument '{name}' must be a {'positive' if name == 'step' else 'non-negative'} "
-                             f"number, got {value!r}")
-    shapes = level_shapes(fixed.shape[2:], levels)
-    iters = iters[len(iters) - len(shapes):]
+    check_number(fn, "step", step, minimum=0, exclusive_minimum=True)
+    check_number(fn, "fluid_sigma", fluid_sigma, minimum=0)
+    check_number(fn, "elastic_sigma", elastic_sigma, minimum=0)
     start = time.perf_counter()
     history: list[float] = []
-    disp = fixed.new_zeros(fixed.shape[0], fixed.dim() - 2, *shapes[0])
-    for level, (shape, steps) in enumerate(zip(shapes, iters)):
+    disp = fixed.new_zeros(fixed.shape[0], fixed.dim() - 2, *plan[0][0])
+    for level, (shape, steps) in enumerate(plan):
         disp = spatial.resize(disp, size=shape)
         moving_l = downsample(moving, shape)
         fixed_l = downsample(fixed, shape)
@@ -222,7 +217,7 @@ def register_greedy(
             disp = gaussian_smooth(spatial.compose(disp, update), elastic_sigma)
             history.append(-cc)
             if progress is not None:
-                progress(level, len(shapes), it, steps, -cc, time.perf_counter() - start)
+                progress(level, len(plan), it, steps, -cc, time.perf_counter() - start)
     moved = spatial.warp(moving, disp)
     inverse_disp = None
     if inverse:  # large fields: solve at half resolution first (about 2.5x cheaper in 3D)

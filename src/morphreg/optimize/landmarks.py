@@ -9,14 +9,14 @@ obtain a field that ``spatial.warp(moving, field)`` can use.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_float64_tensor, check_field
+from .. import spatial
+from .._checks import as_float64_tensor, check_field, check_number
 
 __all__ = ["tre", "fit_tps", "fit_affine", "ThinPlateSpline", "tps_kernel"]
 
@@ -57,29 +57,6 @@ def _as_pair(fn: str, name_a: str, a: object, name_b: str, b: object) -> tuple[t
     return pa, pb
 
 
-def _sample_field(disp: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation of ``disp`` ``(ndim, *spatial)`` at ``points`` ``(N, ndim)``.
-
-    Points outside the grid take the value at the nearest border (as ``padding='border'``).
-    """
-    ndim = disp.shape[0]
-    sizes = torch.tensor(disp.shape[1:], dtype=torch.float64)
-    coords = torch.minimum(points.clamp_min(0.0), sizes - 1)
-    lower = torch.minimum(coords.floor(), (sizes - 2).clamp_min(0))
-    frac = coords - lower
-    lower = lower.long()
-    strides = torch.tensor([math.prod(disp.shape[2 + k :]) for k in range(ndim)], dtype=torch.long)
-    flat = disp.reshape(ndim, -1)
-    out = torch.zeros(points.shape[0], ndim, dtype=torch.float64)
-    for corner in itertools.product((0, 1), repeat=ndim):
-        offset = torch.tensor(corner, dtype=torch.long)
-        index = torch.minimum(lower + offset, (sizes - 1).long())
-        weight = torch.where(offset.bool(), frac, 1.0 - frac).prod(1)
-        values = flat[:, (index * strides).sum(1).to(flat.device)].to("cpu", torch.float64)
-        out += weight.unsqueeze(1) * values.T
-    return out
-
-
 def tre(
     points_fixed: object,
     points_moving: object,
@@ -117,7 +94,8 @@ def tre(
             )
         if field_ndim != ndim:
             raise ValueError(f"{fn}: argument 'disp' is a {field_ndim}D field but the points have {ndim} coordinates")
-        mapped = fixed + _sample_field(disp[0].detach(), fixed)
+        field = disp[:1].detach().to("cpu", torch.float64)
+        mapped = fixed + spatial.sample(field, fixed.T.unsqueeze(0))[0].T
     diff = mapped - moving
     if spacing is not None:
         sizes = [float(s) for s in spacing]
@@ -249,13 +227,7 @@ def fit_tps(source: object, target: object, regularisation: float = 0.0) -> Thin
     """
     fn = "morphreg.optimize.fit_tps"
     src, dst = _as_pair(fn, "source", source, "target", target)
-    if (
-        isinstance(regularisation, bool)
-        or not isinstance(regularisation, (int, float))
-        or not math.isfinite(regularisation)
-        or regularisation < 0
-    ):
-        raise ValueError(f"{fn}: argument 'regularisation' must be a finite number >= 0, got {regularisation!r}")
+    check_number(fn, "regularisation", regularisation, minimum=0)
     n, ndim = src.shape
     homogeneous = _check_affine_independent(fn, "source", src)
     distance = torch.cdist(src, src)
