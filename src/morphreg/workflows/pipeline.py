@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import optimize, spatial
+from ..losses import DEFAULT_WEIGHT
 from ..models import RegistrationOutput
 
 #: A registration: ``(moving, fixed) -> RegistrationOutput`` on ``(1, C, *spatial)`` tensors.
@@ -34,8 +35,6 @@ Registration = Callable[[torch.Tensor, torch.Tensor], RegistrationOutput]
 #: ``progress(level, n_levels, iteration, n_iterations, loss, elapsed_seconds)``.
 ProgressFn = Callable[[int, int, int, int, float, float], None]
 
-#: Default smoothness weight λ of each loss.
-DEFAULT_WEIGHT = {"ncc": 1.0, "mse": 0.01, "mi": 1.0, "gncc": 1.0}
 #: Default similarity of each classical method.
 DEFAULT_LOSS = {"affine": "gncc", "rigid": "gncc", "dense": "ncc", "ffd": "ncc"}
 CLASSICAL_METHODS = ("affine", "rigid", "dense", "ffd")

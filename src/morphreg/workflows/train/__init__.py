@@ -23,7 +23,6 @@ from .loop import train
 from .objective import LossParts, registration_loss, validate
 from .run_log import METRIC_COLUMNS
 from .settings import (
-    DEFAULT_LAMBDA,
     HYPER_SPAN,
     MODEL_TYPES,
     RESUMABLE_CHANGES,
@@ -37,7 +36,7 @@ from .settings import (
 from .state import STATE_FORMAT, build_model
 
 __all__ = [
-    "DEFAULT_LAMBDA", "HYPER_SPAN", "METRIC_COLUMNS", "MODEL_TYPES", "RESUMABLE_CHANGES", "RUN_FILES", "STATE_FORMAT",
+    "HYPER_SPAN", "METRIC_COLUMNS", "MODEL_TYPES", "RESUMABLE_CHANGES", "RUN_FILES", "STATE_FORMAT",
     "LossParts", "ResumeMismatch", "TrainResult", "TrainSettings", "build_model", "check_resume", "registration_loss",
     "settings_changes", "train", "validate",
 ]

@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import torch
 
 from ..._files import RunDir
+from ...losses import DEFAULT_WEIGHT, LOSSES
 from .state import load_state
 
-DEFAULT_LAMBDA = {"mse": 0.01, "ncc": 1.0, "gncc": 1.0, "mi": 1.0}
 MODEL_TYPES = ("vxm", "affine")
 #: HyperMorph's default λ range: the loss's usual λ divided and multiplied by this.
 HYPER_SPAN = 20.0
@@ -85,10 +85,10 @@ class TrainSettings:
         fn = "TrainSettings"
         if self.model not in MODEL_TYPES:
             raise ValueError(f"{fn}: 'model' must be one of {list(MODEL_TYPES)}, got {self.model!r}")
-        if self.loss not in DEFAULT_LAMBDA:
-            raise ValueError(f"{fn}: 'loss' must be one of {list(DEFAULT_LAMBDA)}, got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"{fn}: 'loss' must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.weight is None:
-            self.weight = DEFAULT_LAMBDA[self.loss]
+            self.weight = DEFAULT_WEIGHT[self.loss]
         self._check_numbers(fn)
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"{fn}: 'lr_schedule' must be 'constant' or 'cosine', got {self.lr_schedule!r}")
