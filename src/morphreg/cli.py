@@ -560,7 +560,7 @@ def _save_field(args: argparse.Namespace, disp: Any, path: str, affine: Any, hea
     from . import io
 
     if args.warp_format == "itk":
-        from .interop import save_itk_warp
+        from .io import save_itk_warp
 
         save_itk_warp(disp, path, affine)
     else:
@@ -717,7 +717,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     _save_outputs(args, pair, result.moved, result.disp, result.moved_seg, inverse)
     if getattr(register, "matrix_world", None) is not None and args.matrix:
         from . import io
-        from .interop import save_matrix
+        from .io import save_matrix
 
         original_moving = io.load_volume(args.moving, key=args.npz_key if io.split_ext(args.moving)[1] == ".npz"
                                          else None) if args.matrix_format in ("fsl", "lta") else pair.moving
@@ -743,8 +743,8 @@ def _with_initial(args: argparse.Namespace, pair: Any, register: Any) -> Any:
     import torch
 
     from . import io
-    from .interop import load_matrix
-    from .interop.matrices import detect_matrix_format
+    from .io import load_matrix
+    from .io.matrices import detect_matrix_format
     from .workflows.initial import matrix_disp, with_initial
 
     if args.init_matrix and args.init_warp:
@@ -798,8 +798,8 @@ def cmd_warp(args: argparse.Namespace) -> int:
 def _read_warp(path: str, fmt: str, flag: str = "--warp") -> Any:
     """The field of ``morphreg warp --warp`` in voxels, read as --warp-format says (auto: as the file says)."""
     from . import io
-    from .interop import load_itk_warp
-    from .interop.itk_field import is_itk_warp
+    from .io import load_itk_warp
+    from .io.itk_warp import is_itk_warp
 
     if fmt == "itk" or (fmt == "auto" and is_itk_warp(path)):
         return load_itk_warp(path)

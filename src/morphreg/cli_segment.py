@@ -44,7 +44,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     folder = Path(args.images)
     if not folder.is_dir():
         raise UserError(f"--images '{folder}' is not a folder")
-    from .io_sitk import is_sitk_path
+    from .io.sitk import is_sitk_path
 
     images = sorted(p for p in folder.iterdir() if p.is_file() and (io.split_ext(p)[1] or is_sitk_path(p)))
     if not images:
