@@ -580,7 +580,7 @@ def _subject_names(*paths: str) -> tuple[str, ...]:
 def _label_table(args: argparse.Namespace) -> Any:
     if not args.labels:
         return None
-    from .qc import read_label_table
+    from .io import read_label_table
 
     try:
         return read_label_table(args.labels)
@@ -591,8 +591,8 @@ def _label_table(args: argparse.Namespace) -> Any:
 def _save_qc(args: argparse.Namespace, pair: Any, moved: Any, disp: Any, moved_seg: Any) -> None:
     import torch
 
-    from .qc import plot_qc
     from .spatial import jacobian_det
+    from .viz.qc import plot_qc
 
     det = jacobian_det(torch.as_tensor(disp)[None].double())[0].numpy()
     plot_qc(args.qc, pair.fixed, pair.moving, moved, det, moved_seg=moved_seg, labels=_label_table(args),

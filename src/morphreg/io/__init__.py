@@ -10,6 +10,7 @@ One job per module:
 * :mod:`.resample` -- resampling a volume onto another's grid.
 * :mod:`.itk_warp`, :mod:`.matrices` -- ITK/ANTs displacement fields and affine matrices in other
   tools' formats (ITK, FSL, FreeSurfer LTA).
+* :mod:`.label_table` -- structure names and colours from FreeSurfer LUT files.
 * :mod:`.formats`, :mod:`.sanity`, :mod:`.nifti`, :mod:`.numpy_files`, :mod:`.sitk` -- the
   extensions, the checks every read makes, and the readers of each file family.
 
@@ -27,6 +28,7 @@ naming the file and the problem; nibabel/numpy exceptions never escape.
 
 from .formats import SUPPORTED_EXTENSIONS, ImageReadError, PathLike, split_ext
 from .itk_warp import load_itk_warp, save_itk_warp
+from .label_table import BUILTIN_LABEL_TABLES, LabelTable, read_label_table
 from .matrices import MATRIX_FORMATS, load_matrix, save_matrix
 from .nifti import NIFTI_INTENT_VECTOR
 from .outputs import check_output_path, same_path, save_text
@@ -36,12 +38,14 @@ from .volume import Volume, from_tensor, load_volume, same_grid, save_volume, to
 from .warp import WARP_UNITS, WarpField, field_array, load_warp, save_warp
 
 __all__ = [
+    "BUILTIN_LABEL_TABLES",
     "GRID_TOLERANCE_VOXELS",
     "MATRIX_FORMATS",
     "NIFTI_INTENT_VECTOR",
     "SUPPORTED_EXTENSIONS",
     "ImageReadError",
     "ImageStack",
+    "LabelTable",
     "PathLike",
     "Volume",
     "WarpField",
@@ -54,6 +58,7 @@ __all__ = [
     "load_stack",
     "load_volume",
     "load_warp",
+    "read_label_table",
     "resample_to",
     "same_grid",
     "same_path",
