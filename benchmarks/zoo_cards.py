@@ -131,7 +131,7 @@ CARDS = {
         "expects": ("2D images of any MRI contrast (T1, T2, PD, inverted...), both on one grid and roughly aligned; "
                     "the model clips to the 0.5/99.5th percentiles and scales to [0, 1] itself."),
         "architecture": "VxmDense, diffeomorphic (7 scaling-and-squaring steps at 1/2 resolution).",
-        "training_data": ("None acquired: every pair is drawn by morphreg.synth.SynthPairs (160 x 192): 16 random "
+        "training_data": ("None acquired: every pair is drawn by morphreg.data.SynthPairs (160 x 192): 16 random "
                           "smooth label maps deformed by two random diffeomorphisms; per-label random intensities, "
                           "blur, bias field, gamma, noise. Validation: 32 synthesised pairs of another seed."),
         "training": ["Dice loss on the warped synthetic labels + lambda=1 x gradient; no image similarity. "

@@ -3,7 +3,7 @@
     python benchmarks/zoo_train_synth.py --out RUN [--steps 4000] [--max-minutes 15] [--seed 0]
 
 The network never sees a real image: every training and validation pair is drawn by
-:class:`morphreg.synth.SynthPairs` (160 x 192, 16 random labels). Loss: Dice on the warped
+:class:`morphreg.data.SynthPairs` (160 x 192, 16 random labels). Loss: Dice on the warped
 labels (labels 1..15) + λ=1 × the gradient penalty on the displacement, no image similarity
 (``sim_weight=0``); diffeomorphic (7 scaling-and-squaring steps at 1/2 resolution); Adam
 lr 1e-3, cosine schedule; seed 0; one thread. The model kept is the one with the best Dice on
@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from morphreg.synth import SynthPairs
+from morphreg.data import SynthPairs
 from morphreg.workflows.train import TrainSettings, train
 
 SHAPE = (160, 192)

@@ -243,6 +243,27 @@ def test_augment_gamma_deterministic_and_in_range() -> None:
         assert abs(float(gammas[0]) - 1.0) > 1e-3
 
 
+def test_random_pairs_and_augmentation_frozen() -> None:
+    """The seeded sequence of pairs and gammas, frozen from the pre-package data.py (a611dd9).
+
+    Splitting the pairing strategies into samplers must not change a training run's numbers.
+    """
+    images = np.linspace(0, 1, 5 * 8 * 6, dtype=np.float32).reshape(5, 8, 6)
+    ds = data.PairDataset(images, pairing="random", pairs_per_epoch=8, seed=3, augment=True, normalise=None)
+    expected = {
+        0: ([(2, 0), (1, 0), (3, 4), (1, 3), (0, 3), (3, 0), (3, 0), (0, 3)], [23.6066, 12.7137, 32.9084],
+            [7.0411, 3.1315, 43.1554]),
+        1: ([(0, 3), (3, 2), (2, 3), (3, 4), (2, 0), (0, 2), (2, 3), (2, 3)], [6.7962, 32.0829, 20.7332],
+            [33.3801, 24.6026, 34.7385]),
+    }
+    for epoch, (pairs, moving_sums, fixed_sums) in expected.items():
+        ds.set_epoch(epoch)
+        assert [ds.pair_indices(i) for i in range(8)] == pairs
+        assert [(ds[i]["moving_index"], ds[i]["fixed_index"]) for i in range(8)] == pairs
+        assert [float(ds[i]["moving"].sum()) for i in range(3)] == pytest.approx(moving_sums, abs=1e-4)
+        assert [float(ds[i]["fixed"].sum()) for i in range(3)] == pytest.approx(fixed_sums, abs=1e-4)
+
+
 def test_pair_dataset_errors() -> None:
     with pytest.raises(ValueError, match=r"PairDataset: pairing='random' needs at least 2 images"):
         data.PairDataset(_images(1))

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from morphreg import cli, spatial
-from morphreg.data import PairDataset, synthetic_shapes
+from morphreg.data import PairDataset, SynthPairs, synthetic_shapes
 from morphreg.models import HyperVxmDense, VxmDense, load_model
-from morphreg.synth import SynthPairs
 from morphreg.workflows.train import TrainSettings, train
 
 

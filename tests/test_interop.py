@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from morphreg import io, spatial
-from morphreg.interop import load_itk_warp, load_matrix, save_itk_warp, save_matrix
+from morphreg.io import load_itk_warp, load_matrix, save_itk_warp, save_matrix
 from morphreg.spatial import affine_to_disp
 
 sitk = pytest.importorskip("SimpleITK")

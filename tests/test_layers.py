@@ -19,9 +19,9 @@ ROOT = Path(morphreg.__file__).parent
 LAYERS = [
     {"_checks", "_limits", "_files"},
     {"spatial", "losses", "metrics", "geometry", "inverse"},
-    {"io", "io_sitk", "interop", "data", "synth"},
+    {"io", "data"},
     {"models", "optimize"},
-    {"viz", "qc", "zoo"},
+    {"viz", "zoo"},
     {"workflows"},
     {"api", "cli", "__main__"},
 ]

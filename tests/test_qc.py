@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from morphreg import io
-from morphreg.qc import anatomical_views, plot_qc, read_label_table, to_ras
+from morphreg.io import read_label_table
+from morphreg.viz.qc import anatomical_views, plot_qc, to_ras
 
 
 def test_to_ras_reorders_and_flips_by_the_affine():

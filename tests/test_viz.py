@@ -224,7 +224,7 @@ def test_grid_lines_are_transformed_coordinates():
     shift = np.zeros((2, 7, 9))
     shift[0] += 2.0
     shift[1] -= 1.0
-    viz._draw_grid(ax, shift, spacing=3, background=None)
+    viz.draw.draw_grid(ax, shift, spacing=3, background=None)
     segments = ax.collections[0].get_segments()
     # 9 - 1 = 8 -> offset 1: lines along axis 0 at j = 1, 4, 7; along axis 1 at i = 0, 3, 6
     assert len(segments) == 6
@@ -237,9 +237,9 @@ def test_jacobian_uses_spatial():
     a = np.array([[0.5, 0.2], [0.0, -0.25]])
     grid = spatial.identity_grid((6, 5), dtype=torch.float64).numpy()
     disp = np.einsum("ij,j...->i...", a, grid)
-    det = viz._jacobian_det(disp)
+    det = viz.draw.jacobian_map(disp)
     np.testing.assert_allclose(det, np.linalg.det(np.eye(2) + a), rtol=1e-6)
-    assert viz._fold_text(np.array([1.0, -1.0, 0.5, 2.0])) == "25% folding (1 voxels)"
+    assert viz.draw.fold_text(np.array([1.0, -1.0, 0.5, 2.0])) == "25% folding (1 voxels)"
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -258,7 +258,7 @@ def label_table(path: str | None) -> Any:
     """The ``--labels`` table (``None`` without the flag); a bad table fails before any work."""
     if not path:
         return None
-    from ..qc import read_label_table
+    from ..io import read_label_table
 
     try:
         return read_label_table(path)

@@ -30,7 +30,7 @@ def add_parser(command: Any) -> None:
 
 def _images(folder: Path) -> list[Path]:
     from .. import io
-    from ..io_sitk import is_sitk_path
+    from ..io.sitk import is_sitk_path
 
     if not folder.is_dir():
         raise UserError(f"--images '{folder}' is not a folder")

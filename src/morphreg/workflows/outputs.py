@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__, io
-from ..interop import save_itk_warp, save_matrix
+from ..io import save_itk_warp, save_matrix
 from ..spatial import jacobian_det
 from .files import PairOnGrid, RegisteredPair, load_image
 from .pipeline import world_matrix
@@ -45,7 +45,7 @@ class OutputFormats:
         warp_format: ``"morphreg"`` (:func:`morphreg.io.save_warp`) or ``"itk"`` (ITK/ANTs, LPS mm).
         warp_units: ``"voxel"`` or ``"mm"`` (morphreg warps).
         matrix_format: ``"ras"``, ``"itk"``, ``"fsl"`` or ``"lta"``.
-        labels: a label table for the QC figure's names (:func:`morphreg.qc.read_label_table`).
+        labels: a label table for the QC figure's names (:func:`morphreg.io.read_label_table`).
         names: the subjects' names for titles ``(moving, fixed)``.
     """
 
@@ -114,7 +114,7 @@ def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
                        description=f"morphreg {__version__}: Jacobian determinant of {Path(moving_path).name} to "
                                    f"{Path(fixed_path).name}")
     if paths.qc:
-        from ..qc import plot_qc
+        from ..viz.qc import plot_qc
 
         plot_qc(paths.qc, pair.fixed, pair.moving, result.moved, jacobian_map(result.disp),
                 moved_seg=result.moved_seg, labels=formats.labels, names=formats.names)

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from .. import io
-from ..io_sitk import is_sitk_path
+from ..io.sitk import is_sitk_path
 
 
 def _index(folder: Path) -> dict[str, Path]:

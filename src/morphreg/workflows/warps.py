@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from .. import __version__, io, spatial
-from ..interop import load_itk_warp, load_matrix
-from ..interop.itk_field import is_itk_warp
-from ..interop.matrices import detect_matrix_format
+from ..io import load_itk_warp, load_matrix
+from ..io.itk_warp import is_itk_warp
+from ..io.matrices import detect_matrix_format
 from .files import PairOnGrid, load_image
 
 PathLike = str | Path

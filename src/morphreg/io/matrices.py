@@ -23,9 +23,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .. import io
 from .._checks import check_choice
 from .._files import atomic_write
+from .outputs import save_text
+from .volume import Volume
 
 MATRIX_FORMATS = ("ras", "itk", "fsl", "lta")
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
@@ -36,7 +37,7 @@ def _check_format(fn: str, fmt: str) -> None:
     check_choice(fn, "fmt", fmt, MATRIX_FORMATS)
 
 
-def _nifti_of(volume: io.Volume) -> nib.Nifti1Image:
+def _nifti_of(volume: Volume) -> nib.Nifti1Image:
     data = volume.data if volume.ndim == 3 else volume.data[..., None]
     return nib.Nifti1Image(np.asarray(data, dtype=np.float32), volume.affine)
 
@@ -65,7 +66,7 @@ def detect_matrix_format(path: str | Path) -> str | None:
     return None
 
 
-def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: io.Volume, moving: io.Volume) -> None:
+def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: Volume, moving: Volume) -> None:
     """Write a fixed -> moving RAS world matrix in ``fmt`` (one of :data:`MATRIX_FORMATS`).
 
     Args:
@@ -75,7 +76,7 @@ def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: io.Volume
         fixed, moving: the two images (grids used by ``fsl`` and ``lta``; ``itk`` writes a 2D
             transform for 2D images).
     """
-    fn = "morphreg.interop.save_matrix"
+    fn = "morphreg.io.save_matrix"
     _check_format(fn, fmt)
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
@@ -83,7 +84,7 @@ def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: io.Volume
     path = Path(path)
     if fmt == "ras":
         rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in matrix)
-        io.save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points (RAS)\n"
+        save_text("# 4x4 world (mm) matrix mapping fixed-image points to moving-image points (RAS)\n"
                      + rows + "\n", path)
         return
     if fmt == "itk":
@@ -121,7 +122,7 @@ def _write_via(tmp: Path, suffix: str, transform: object) -> None:
         other.unlink(missing_ok=True)
 
 
-def load_matrix(path: str | Path, fmt: str, fixed: io.Volume, moving: io.Volume) -> np.ndarray:
+def load_matrix(path: str | Path, fmt: str, fixed: Volume, moving: Volume) -> np.ndarray:
     """Read a matrix file as a ``(4, 4)`` RAS fixed -> moving world matrix.
 
     Args:
@@ -131,7 +132,7 @@ def load_matrix(path: str | Path, fmt: str, fixed: io.Volume, moving: io.Volume)
     Raises:
         ValueError: an unreadable file or one that holds no affine transform.
     """
-    fn = "morphreg.interop.load_matrix"
+    fn = "morphreg.io.load_matrix"
     _check_format(fn, fmt)
     path = Path(path)
     try:

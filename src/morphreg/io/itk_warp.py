@@ -15,8 +15,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .. import io
 from .._files import atomic_write
+from .formats import ImageReadError, split_ext
+from .nifti import NIFTI_INTENT_VECTOR
+from .warp import WarpField, field_array
 
 #: RAS <-> LPS: negate x and y.
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
@@ -29,7 +31,7 @@ def _in_plane(affine: np.ndarray) -> None:
     """2D ITK images live in the x-y plane of LPS: refuse slices whose axes leave it."""
     if np.abs(affine[2, :2]).max() > 1e-6:
         raise ValueError(
-            "morphreg.interop.save_itk_warp: a 2D ITK/ANTs field lives in the image's x-y plane, but the fixed "
+            "morphreg.io.save_itk_warp: a 2D ITK/ANTs field lives in the image's x-y plane, but the fixed "
             "slice's axes leave it (its affine has z components); write the field as a 3D image instead"
         )
 
@@ -62,14 +64,14 @@ def save_itk_warp(disp: np.ndarray | torch.Tensor, path: str | Path, affine: np.
     ``antsApplyTransforms -t W`` and ``sitk.DisplacementFieldTransform`` reproduce morphreg's moved
     image from it.
     """
-    fn = "morphreg.interop.save_itk_warp"
-    disp = io.field_array(fn, disp)
+    fn = "morphreg.io.save_itk_warp"
+    disp = field_array(fn, disp)
     ndim = disp.ndim - 1
     affine = np.asarray(affine, dtype=np.float64)
     if ndim == 2:
         _in_plane(affine)
     path = Path(path)
-    if io.split_ext(path)[1] not in (".nii", ".nii.gz"):
+    if split_ext(path)[1] not in (".nii", ".nii.gz"):
         raise ValueError(f"cannot write '{path}': an ITK/ANTs field is written as NIfTI (.nii or .nii.gz)")
     vectors = world_disp_lps(disp, affine).astype(np.float32)
     spatial = disp.shape[1:] + (1,) * (3 - ndim)
@@ -80,14 +82,14 @@ def save_itk_warp(disp: np.ndarray | torch.Tensor, path: str | Path, affine: np.
         img.set_sform(affine, code=1)
         img.set_qform(affine, code=1)
         img.header.set_xyzt_units("mm", "sec")
-        img.header.set_intent(io.NIFTI_INTENT_VECTOR, (), name=_ITK_INTENT_NAME)
+        img.header.set_intent(NIFTI_INTENT_VECTOR, (), name=_ITK_INTENT_NAME)
         img.header["descrip"] = ITK_DESCRIPTION.encode("ascii")
         nib.save(img, str(tmp))
 
     atomic_write(path, write)
 
 
-def load_itk_warp(path: str | Path) -> io.WarpField:
+def load_itk_warp(path: str | Path) -> WarpField:
     """Read an ITK/ANTs displacement field (LPS mm, fixed -> moving) as morphreg voxel displacements.
 
     Args:
@@ -101,35 +103,35 @@ def load_itk_warp(path: str | Path) -> io.WarpField:
     Raises:
         ImageReadError: not a NIfTI vector field of that shape, or NaN/inf.
     """
-    fn = "morphreg.interop.load_itk_warp"
+    fn = "morphreg.io.load_itk_warp"
     path = Path(path)
-    if io.split_ext(path)[1] not in (".nii", ".nii.gz"):
-        raise io.ImageReadError(f"{fn}: cannot read '{path}': an ITK/ANTs field must be a NIfTI file")
+    if split_ext(path)[1] not in (".nii", ".nii.gz"):
+        raise ImageReadError(f"{fn}: cannot read '{path}': an ITK/ANTs field must be a NIfTI file")
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float64)
     except Exception as err:  # nibabel raises many types for broken files
-        raise io.ImageReadError(f"{fn}: cannot read '{path}': {str(err).splitlines()[0][:160]}") from None
+        raise ImageReadError(f"{fn}: cannot read '{path}': {str(err).splitlines()[0][:160]}") from None
     affine = np.asarray(img.affine, dtype=np.float64)
     shape = data.shape
     if data.ndim != 5 or shape[3] != 1 or shape[4] not in (2, 3):
-        raise io.ImageReadError(
+        raise ImageReadError(
             f"{fn}: cannot use '{path}': expected an ITK/ANTs displacement field (X, Y, Z, 1, 3) or "
             f"(X, Y, 1, 1, 2), got shape {shape}"
         )
     if not np.isfinite(data).all():
-        raise io.ImageReadError(f"{fn}: cannot use '{path}': the field contains NaN or inf")
+        raise ImageReadError(f"{fn}: cannot use '{path}': the field contains NaN or inf")
     comps = shape[4]
     ndim = 2 if (comps == 2 or shape[2] == 1) else 3
     if comps == 2 and shape[2] != 1:
-        raise io.ImageReadError(f"{fn}: cannot use '{path}': 2 components on a 3D grid {shape[:3]}")
+        raise ImageReadError(f"{fn}: cannot use '{path}': 2 components on a 3D grid {shape[:3]}")
     vectors = data.reshape(*shape[:3], comps)
     lps = np.zeros(vectors.shape[:-1] + (3,))
     lps[..., :comps] = vectors
     ras = lps * _RAS_TO_LPS
     voxels = ras @ np.linalg.pinv(affine[:3, :ndim]).T  # (..., ndim)
     voxels = voxels.reshape(*shape[:ndim], ndim)
-    return io.WarpField(np.ascontiguousarray(np.moveaxis(voxels, -1, 0), dtype=np.float32), affine)
+    return WarpField(np.ascontiguousarray(np.moveaxis(voxels, -1, 0), dtype=np.float32), affine)
 
 
 def is_itk_warp(path: str | Path) -> bool:

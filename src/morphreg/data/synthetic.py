@@ -1,9 +1,13 @@
-"""Synthesised training pairs for contrast-agnostic registration (SynthMorph).
+"""Synthetic training data: brain-like subjects and SynthMorph pairs.
 
+:func:`synthetic_shapes` draws whole subjects (image and label map) for demos and tests: one seeded
+template deformed per subject.
+
+:class:`SynthPairs` draws training pairs for contrast-agnostic registration (SynthMorph):
 Hoffmann et al. (IEEE TMI 2022) train a registration network on images that are synthesised
 from random label maps, with a Dice loss on the labels only: the network never sees a real
-image nor a real contrast, so it learns to align shapes whatever their intensities. This module
-draws such pairs, 2D or 3D, in the convention of :mod:`morphreg.spatial`:
+image nor a real contrast, so it learns to align shapes whatever their intensities.
+The pairs are 2D or 3D, in the convention of :mod:`morphreg.spatial`:
 
 1. **Label maps.** ``n_labels`` smooth random noise images (Gaussian noise drawn on a coarse
    grid and upsampled linearly) are warped by two independent random diffeomorphisms (a
@@ -25,10 +29,118 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch.utils.data import Dataset
 
-from . import spatial
-from .data import normalise_intensity
+from .. import spatial
+from .preprocess import normalise_intensity
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian-smoothed white noise rescaled to unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    return field / max(float(field.std()), 1e-12)
+
+
+def _template(rng: np.random.Generator, shape: tuple[int, ...], n_labels: int) -> np.ndarray:
+    """Base label map: a perturbed Voronoi partition of an ellipsoid-like foreground."""
+    ndim = len(shape)
+    axes = [np.linspace(-1.0, 1.0, s) for s in shape]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))  # (ndim, *shape) in [-1, 1]
+    sigma = min(shape) / 10.0
+    radii = rng.uniform(0.68, 0.8, size=ndim)
+    radius = np.sqrt(sum((coords[k] / radii[k]) ** 2 for k in range(ndim)))
+    mask = radius + 0.08 * _smooth_noise(rng, shape, sigma) < 1.0
+    # label centres inside the mask, then each voxel takes the nearest centre (noisy distance);
+    # redrawn (deterministically) until every structure has a reasonable size
+    inside = np.argwhere(mask)
+    scale = (1.0 / n_labels) ** (1.0 / ndim)
+    min_size = 0.2 * len(inside) / n_labels
+    for _ in range(50):
+        picked = inside[rng.choice(len(inside), n_labels, replace=False)]
+        centres = coords[(slice(None), *picked.T)]  # (ndim, n_labels)
+        scores = np.stack(
+            [
+                -np.sqrt(sum((coords[k] - centres[k, l]) ** 2 for k in range(ndim))) / scale
+                + 0.35 * _smooth_noise(rng, shape, sigma)
+                for l in range(n_labels)
+            ]
+        )
+        labels = np.argmax(scores, axis=0).astype(np.uint8) + 1
+        labels[~mask] = 0
+        sizes = np.bincount(labels.ravel(), minlength=n_labels + 1)[1:]
+        if sizes.min() >= min_size:
+            break
+    return labels
+
+
+def synthetic_shapes(
+    n: int,
+    shape: Sequence[int] = (96, 112),
+    n_labels: int = 8,
+    seed: int = 0,
+    *,
+    disp_std: float | None = None,
+    contrast_jitter: float = 0.05,
+    noise_std: float = 0.03,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brain-like synthetic subjects for demos and tests (SynthMorph in spirit).
+
+    One smooth base label map is drawn for the seed (``n_labels`` compact structures inside an
+    ellipse-like foreground, label 0 outside). Each subject is that template warped by its own
+    random smooth displacement (Gaussian-smoothed noise, standard deviation ``disp_std``
+    voxels), so subjects share structures in roughly the same places, like affinely aligned
+    brains. Its image gives each label a mean intensity (a random permutation of evenly spaced
+    levels drawn once per seed, jittered per subject by ``contrast_jitter``; background 0),
+    then blur (sigma 1 voxel), Gaussian noise ``noise_std`` and min-max scaling to [0, 1].
+
+    Subject ``i`` depends only on ``(seed, i)``: the first ``m`` subjects of ``n > m`` equal
+    those of ``n = m``.
+
+    Args:
+        n: number of subjects.
+        shape: spatial shape, 2 or 3 entries (each >= 8).
+        n_labels: number of foreground structures (1..254); labels are ``0..n_labels``.
+        seed: random seed.
+        disp_std: deformation amplitude in voxels (default ``0.04 * min(shape)``, about 4 for
+            96 x 112).
+        contrast_jitter: per-subject standard deviation of each label's mean intensity.
+        noise_std: standard deviation of the additive noise (before scaling).
+
+    Returns:
+        ``(images, labels)``: float32 ``(n, *shape)`` in [0, 1] and uint8 ``(n, *shape)``.
+    """
+    fn = "morphreg.data.synthetic_shapes"
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 8:
+        raise ValueError(f"{fn}: argument 'shape' must have 2 or 3 entries, each >= 8, got {shape}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{fn}: argument 'n' must be an integer >= 1, got {n!r}")
+    if isinstance(n_labels, bool) or not isinstance(n_labels, int) or not 1 <= n_labels <= 254:
+        raise ValueError(f"{fn}: argument 'n_labels' must be an integer in [1, 254], got {n_labels!r}")
+    ndim = len(shape)
+    if disp_std is None:
+        disp_std = 0.04 * min(shape)
+    children = np.random.SeedSequence(seed).spawn(n + 1)
+    base_rng = np.random.default_rng(children[0])
+    template = _template(base_rng, shape, n_labels)
+    levels = base_rng.permutation(np.linspace(0.25, 1.0, n_labels))
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+    smooth = min(shape) / 8.0
+    images = np.empty((n, *shape), dtype=np.float32)
+    labels = np.empty((n, *shape), dtype=np.uint8)
+    for i in range(n):
+        rng = np.random.default_rng(children[i + 1])
+        disp = np.stack([_smooth_noise(rng, shape, smooth) * disp_std for _ in range(ndim)])
+        # pull-back, as morphreg.spatial.warp: subject(x) = template(x + disp(x))
+        seg = ndimage.map_coordinates(template, grid + disp, order=0, mode="nearest")
+        means = np.concatenate([[0.0], levels + contrast_jitter * rng.standard_normal(n_labels)])
+        image = ndimage.gaussian_filter(means[seg], 1.0)
+        image += noise_std * rng.standard_normal(shape)
+        images[i] = normalise_intensity(image)
+        labels[i] = seg
+    return images, labels
+
 
 #: Coarse grids (fraction of the image size) of the label noise, the velocity and the bias field.
 LABEL_SCALE, VELOCITY_SCALE, BIAS_SCALE = 1 / 16, 1 / 16, 1 / 32
@@ -116,7 +228,7 @@ class SynthPairs(Dataset):
     """
 
     def __init__(self, shape: Sequence[int], n_labels: int = 16, length: int = 10_000, seed: int = 0) -> None:
-        fn = "morphreg.synth.SynthPairs"
+        fn = "morphreg.data.SynthPairs"
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) not in (2, 3) or min(self.shape) < 16:
             raise ValueError(f"{fn}: argument 'shape' must have 2 or 3 entries, each >= 16, got {tuple(shape)}")
@@ -140,7 +252,7 @@ class SynthPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         if not 0 <= index < self.length:
-            raise IndexError(f"morphreg.synth.SynthPairs: index {index} out of range [0, {self.length})")
+            raise IndexError(f"morphreg.data.SynthPairs: index {index} out of range [0, {self.length})")
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
         gen = torch.Generator().manual_seed((int(state[0]) << 31 ^ int(state[1])) & ((1 << 63) - 1))
         moving_seg, fixed_seg = label_pair(gen, self.shape, self.n_labels)
