@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,27 @@ def test_a_singular_voxel_matrix_is_still_expressed_in_world_units():
     # matrix_to_world only re-expresses a matrix; it does not require it to be invertible
     world = geometry.matrix_to_world(torch.zeros(1, 2, 3, dtype=torch.float64))
     assert torch.equal(world[0, 2], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_world_to_voxel_matrix_inverts_matrix_to_world_on_one_grid():
+    """A voxel shift of (2, -1, 3) on an oblique, anisotropic grid round-trips through world space."""
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.2, 0.8, 2.0])
+    affine[:3, 3] = [10.0, -5.0, 3.0]
+    voxel = np.hstack([np.eye(3), [[2.0], [-1.0], [3.0]]])
+    world = geometry.matrix_to_world(torch.from_numpy(voxel)[None], affine, affine)[0].numpy()
+    # the same shift in mm: each voxel step times its spacing, rotated
+    np.testing.assert_allclose(world[:3, 3], affine[:3, :3] @ [2.0, -1.0, 3.0], atol=1e-12)
+    np.testing.assert_allclose(geometry.world_to_voxel_matrix(world, affine, 3), voxel, atol=1e-12)
+
+
+def test_in_plane_checks_refuse_what_leaves_a_2d_slice():
+    tilted = np.eye(4)
+    tilted[2, 0] = 0.5  # moving z depends on fixed i: off the plane
+    with pytest.raises(ValueError, match=r"does not lie in the plane"):
+        geometry.fixed_to_moving_voxels(np.eye(4), tilted, 2)
+    np.testing.assert_allclose(geometry.fixed_to_moving_voxels(np.eye(4), tilted, 3), tilted)
+    with pytest.raises(ValueError, match=r"out of the 2D image's plane"):
+        geometry.world_to_voxel_matrix(tilted, np.eye(4), 2)
+    assert geometry.world_to_voxel_matrix(np.eye(4), np.eye(4), 2).shape == (2, 3)

@@ -18,8 +18,9 @@ The one home of morphreg's matrix conventions (tested in ``tests/test_geometry.p
 * Matrices built here are float64 on the CPU (conditioning and exact round trips); callers cast
   the result to their images' dtype and device.
 
-``morphreg.io.resample_to`` (world-space resampling of a volume onto another grid) belongs
-here too; it moves in once the ``io`` package split has landed.
+``morphreg.io.resample_to`` (world-space resampling of a volume onto another grid) stays in
+:mod:`morphreg.io.resample`: it works on :class:`morphreg.io.Volume` objects, one layer above this
+module; the matrix it samples through is :func:`fixed_to_moving_voxels` here.
 
 This module imports only :mod:`morphreg._checks` (it sits beside :mod:`morphreg.spatial` at the
 bottom of the layers).
@@ -30,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ._checks import as_float64_tensor, check_invertible, check_matrix, check_tensor
@@ -39,11 +41,13 @@ __all__ = [
     "as_voxel_to_world",
     "centred_frames",
     "centred_to_voxel_matrix",
+    "fixed_to_moving_voxels",
     "homogeneous",
     "identity_matrix",
     "matrix_to_world",
     "scale_matrix",
     "transform_points",
+    "world_to_voxel_matrix",
 ]
 
 
@@ -282,3 +286,53 @@ def centred_frames(
     left = torch.linalg.inv(frame_m) @ norm
     right = torch.linalg.inv(norm) @ frame_f
     return Frames(left, right, voxel_size, radius, frame_f, frame_m, world_f, world_m)
+
+
+#: How far (voxels per voxel) a 2D slice's points may leave the other slice's plane and still count as in it.
+IN_PLANE_TOLERANCE = 1e-3
+
+
+def _check_in_plane(fn: str, vox: np.ndarray, what: str, *, keep_axes: bool = False) -> None:
+    """Refuse a 4x4 voxel map of 2D slices that moves points ``(i, j, 0)`` off the plane ``z = 0``
+    (``keep_axes``: nor may the slice axis move in-plane points)."""
+    off_plane = np.abs(vox[2, [0, 1, 3]]).max()
+    if keep_axes:
+        off_plane = max(off_plane, np.abs(vox[:2, 2]).max())
+    if off_plane > IN_PLANE_TOLERANCE:
+        raise ValueError(f"{fn}: {what} (points leave the plane by up to {off_plane:.3g} voxels per voxel)")
+
+
+def fixed_to_moving_voxels(moving_affine: np.ndarray, fixed_affine: np.ndarray, ndim: int) -> np.ndarray:
+    """``(4, 4)`` float64 map of fixed voxel indices to moving voxel indices through world space,
+    ``inv(A_moving) @ A_fixed`` (both ``(4, 4)`` voxel-to-world).
+
+    Raises:
+        ValueError: ``ndim == 2`` and the fixed slice does not lie in the moving slice's plane
+            (a 2D image is never silently projected onto another plane).
+    """
+    vox = np.linalg.inv(np.asarray(moving_affine, np.float64)) @ np.asarray(fixed_affine, np.float64)
+    if ndim == 2:
+        _check_in_plane("morphreg.io.resample_to", vox,
+                        "the 2D 'moving' slice does not lie in the plane of the 2D 'fixed' slice; bring both "
+                        "slices into one plane first")
+    return vox
+
+
+def world_to_voxel_matrix(matrix_world: np.ndarray, grid_affine: np.ndarray, ndim: int) -> np.ndarray:
+    """``(ndim, ndim + 1)`` float64 voxel matrix of a ``(4, 4)`` world matrix (fixed point -> moving
+    point) on a grid both images share (voxel-to-world ``grid_affine``): ``inv(A) @ W @ A``.
+
+    The inverse of :func:`matrix_to_world` with ``A_m = A_f = A``.
+
+    Raises:
+        ValueError: ``ndim == 2`` and the matrix moves points out of the slice's plane.
+    """
+    affine = np.asarray(grid_affine, np.float64)
+    voxel = np.linalg.inv(affine) @ np.asarray(matrix_world, dtype=np.float64) @ affine
+    if ndim == 2:
+        _check_in_plane("morphreg.geometry.world_to_voxel_matrix", voxel,
+                        "the matrix moves points out of the 2D image's plane; a 2D image needs an in-plane "
+                        "transform", keep_axes=True)
+    index = list(range(ndim)) + [3]
+    return voxel[np.ix_(index[:-1], index)]
+

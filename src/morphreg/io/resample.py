@@ -1,10 +1,12 @@
-"""Resample a :class:`~.volume.Volume` onto another's voxel grid through world space (scipy)."""
+"""Resample a :class:`~.volume.Volume` onto another's voxel grid through world space (scipy; the
+matrix is :func:`morphreg.geometry.fixed_to_moving_voxels`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
+from ..geometry import fixed_to_moving_voxels
 from .volume import Volume
 
 #: Sample coordinates within this many voxels of the moving image's first or last plane count as on
@@ -14,25 +16,6 @@ from .volume import Volume
 #: still lost the border plane of a flipped copy); 1e-3 voxel covers that with a wide margin and
 #: changes a linearly interpolated value by at most 1e-3 of one voxel's intensity step.
 GRID_TOLERANCE_VOXELS = 1e-3
-
-
-def _fixed_to_moving_voxels(moving: Volume, fixed: Volume) -> np.ndarray:
-    """The 4x4 matrix taking fixed voxel indices to moving voxel indices through world space.
-
-    For 2D volumes (voxel index z = 0) the fixed slice must lie in the moving slice's plane;
-    otherwise a :class:`ValueError` is raised instead of silently projecting one onto the other.
-    """
-    vox = np.linalg.inv(moving.affine) @ fixed.affine
-    if fixed.ndim == 2:
-        # in-plane fixed points (i, j, 0) must land on moving z = 0 for every i, j
-        off_plane = np.abs(vox[2, [0, 1, 3]]).max()
-        if off_plane > 1e-3:
-            raise ValueError(
-                "morphreg.io.resample_to: the 2D 'moving' slice does not lie in the plane of the 2D "
-                f"'fixed' slice (fixed points leave the moving plane by up to {off_plane:.3g} voxels "
-                "per voxel); bring both slices into one plane first"
-            )
-    return vox
 
 
 def resample_to(moving: Volume, fixed: Volume, order: int = 1) -> Volume:
@@ -62,7 +45,7 @@ def resample_to(moving: Volume, fixed: Volume, order: int = 1) -> Volume:
     if moving.ndim != fixed.ndim:
         raise ValueError(f"{fn}: 'moving' is {moving.ndim}D but 'fixed' is {fixed.ndim}D; both must match")
     ndim = fixed.ndim
-    vox = _fixed_to_moving_voxels(moving, fixed)
+    vox = fixed_to_moving_voxels(moving.affine, fixed.affine, ndim)
     data = moving.data
     if order == 1 and data.dtype.kind != "f":
         data = data.astype(np.float32)

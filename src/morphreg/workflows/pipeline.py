@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import optimize, spatial
+from ..geometry import homogeneous, matrix_to_world
 from ..losses import DEFAULT_WEIGHT
 from ..models import RegistrationOutput
 
@@ -53,7 +54,7 @@ def world_matrix(matrix: torch.Tensor, grid_affine: np.ndarray) -> np.ndarray:
     ``matrix`` is ``(1, ndim, ndim + 1)`` on a grid whose voxel -> world affine is ``grid_affine``
     (``(4, 4)``; both images live on it once the moving image is resampled onto the fixed grid).
     """
-    world = optimize.matrix_to_world(matrix, grid_affine, grid_affine)[0].numpy()
+    world = matrix_to_world(matrix, grid_affine, grid_affine)[0].numpy()
     if world.shape != (4, 4):  # a 2D matrix without NIfTI affines: embed it, the slice axis mapped to itself
         full = np.eye(4)
         n = world.shape[0] - 1
@@ -62,20 +63,13 @@ def world_matrix(matrix: torch.Tensor, grid_affine: np.ndarray) -> np.ndarray:
     return world
 
 
-def homogeneous(matrix: torch.Tensor) -> torch.Tensor:
-    """``(1, ndim + 1, ndim + 1)`` float64 of a ``(1, ndim, ndim + 1)`` voxel matrix."""
-    ndim = matrix.shape[-2]
-    out = torch.eye(ndim + 1, dtype=torch.float64).repeat(matrix.shape[0], 1, 1)
-    out[:, :ndim] = matrix.detach().to("cpu", torch.float64)
-    return out
-
-
 def _chain(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
     """Voxel matrix of ``second`` applied after ``first`` (points: ``first(second(x))``); ``None`` if either is."""
     if first is None or second is None:
         return None
     ndim = first.shape[-2]
-    return (homogeneous(first) @ homogeneous(second))[:, :ndim].float()
+    first64, second64 = (m.detach().to("cpu", torch.float64) for m in (first, second))
+    return (homogeneous(first64) @ homogeneous(second64))[:, :ndim].float()
 
 
 class NetworkRegistration:

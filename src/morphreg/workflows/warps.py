@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import __version__, io, spatial
+from ..geometry import world_to_voxel_matrix
 from ..io import load_itk_warp, load_matrix
 from ..io.itk_warp import is_itk_warp
 from ..io.matrices import detect_matrix_format
@@ -88,16 +89,10 @@ def matrix_disp(matrix_world: np.ndarray, fixed: io.Volume) -> tuple[torch.Tenso
     Args:
         matrix_world: ``(4, 4)`` RAS mm, fixed-image point -> moving-image point. The moving
             image is assumed resampled onto the fixed grid (as :func:`load_pair` does), so the
-            voxel matrix is ``inv(A) @ W @ A`` with the fixed image's affine ``A``.
+            voxel matrix is :func:`morphreg.geometry.world_to_voxel_matrix` on the fixed grid.
         fixed: the fixed image (its grid).
     """
-    affine = fixed.affine
-    voxel = np.linalg.inv(affine) @ np.asarray(matrix_world, dtype=np.float64) @ affine
-    index = list(range(fixed.ndim)) + [3]
-    if fixed.ndim == 2 and (np.abs(voxel[2, [0, 1, 3]]).max() > 1e-3 or np.abs(voxel[:2, 2]).max() > 1e-3):
-        raise ValueError("the initial matrix moves points out of the 2D image's plane; a 2D image needs an "
-                         "in-plane transform")
-    matrix = torch.from_numpy(voxel[np.ix_(index[:-1], index)]).float()
+    matrix = torch.from_numpy(world_to_voxel_matrix(matrix_world, fixed.affine, fixed.ndim)).float()
     return spatial.affine_to_disp(matrix, fixed.shape), matrix[None]
 
 
