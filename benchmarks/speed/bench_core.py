@@ -20,12 +20,13 @@ medians.
 
 Usage::
 
-    python benchmarks/bench_core.py            # print the Markdown tables
-    python benchmarks/bench_core.py --write    # ... and write docs/results/core.md
-    python benchmarks/bench_core.py --threads 1 --shape3d 96 112 128 --write   # what docs/results/core.md holds
-    python benchmarks/bench_core.py --quick    # small shapes, a smoke test of the script
+    python -m benchmarks.speed.bench_core            # print the Markdown tables
+    python -m benchmarks.speed.bench_core --write    # ... and write docs/results/core.md
+    python -m benchmarks.speed.bench_core --threads 1 --shape3d 96 112 128 --write   # what docs/results/core.md holds
+    python -m benchmarks.speed.bench_core --quick    # small shapes, a smoke test of the script
 
-``bench_speed.py`` imports the helpers defined here (timing, FLOP counting, matmul rate).
+``bench_speed`` imports the FLOP counting and matmul rate defined here; the timers are in
+``benchmarks/common.py``.
 """
 
 from __future__ import annotations
@@ -33,109 +34,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import fmt_s, interleaved, load_average, machine_facts, md_table, median, spread, write_result
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # --------------------------------------------------------------------------------------------
 # shared helpers (also used by bench_speed.py)
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_facts() -> dict[str, str]:
-    """Facts that qualify every number: cores, threads, versions, load."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        usable = os.cpu_count() or 0
-    try:
-        load = "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:  # pragma: no cover
-        load = "n/a"
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f" {f}" in text)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu_model(),
-        "cpu flags (selected)": flags or "n/a",
-        "logical cores (os.cpu_count)": str(os.cpu_count()),
-        "usable cores (sched_getaffinity)": str(usable),
-        "torch": torch.__version__,
-        "torch.get_num_threads()": str(torch.get_num_threads()),
-        "python": platform.python_version(),
-        "load average (1/5/15 min) at start": load,
-    }
-
-
-def sync(device: torch.device | str = "cpu") -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
-    """Wall time of one call of ``fn`` in seconds (synchronising a GPU around it)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def interleaved(
-    contenders: dict[str, Callable[[], object]],
-    repeats: int | dict[str, int],
-    warmup: int = 1,
-    device: torch.device | str = "cpu",
-    log: bool = True,
-) -> dict[str, list[float]]:
-    """Time each contender ``repeats`` times, round-robin, reversing the order every round.
-
-    ``repeats`` may differ per contender (a slow one takes part in the first rounds only).
-    ``warmup`` untimed calls of each contender come first (also round-robin).
-    """
-    reps = repeats if isinstance(repeats, dict) else {name: repeats for name in contenders}
-    names = list(contenders)
-    for _ in range(warmup):
-        for name in names:
-            contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(max(reps.values())):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            if len(times[name]) < reps[name]:
-                times[name].append(timed(contenders[name], device))
-                if log:
-                    print(f"    [{r}] {name}: {times[name][-1]:.3f} s", file=sys.stderr, flush=True)
-    return times
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 def matmul_contender(n: int = 2048, calls: int = 3) -> tuple[Callable[[], None], float]:
@@ -185,28 +99,6 @@ def conv_flops(model: nn.Module, call: Callable[[], object]) -> tuple[float, lis
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(str(c) for c in row) + " |")
-    return "\n".join(lines)
-
-
-def fmt_s(seconds: float) -> str:
-    if seconds >= 10:
-        return f"{seconds:.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1e3:.1f} ms"
-
-
-def spread(values: Sequence[float]) -> str:
-    """``min-max`` of the repeats, to show the noise."""
-    if len(values) == 1:
-        return "1 run"
-    return f"{fmt_s(min(values))}-{fmt_s(max(values))} (n={len(values)})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,10 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("bench_core: VxmDense", file=sys.stderr)
     vxm_table, flop_table, vxm_summary = bench_vxm(vxm_shapes, vxm_reps)
     elapsed = time.perf_counter() - started
-    try:
-        facts["load average (1/5/15 min) at end"] = "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:  # pragma: no cover
-        pass
+    facts["load average (1/5/15 min) at end"] = load_average()
 
     d3 = vxm_summary.get("3D", {})
     floor_note = ""
@@ -470,10 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     facts_table = md_table(["fact", "value"], list(facts.items()))
-    command = "python benchmarks/bench_core.py" + " --quick" * args.quick
+    command = "python -m benchmarks.speed.bench_core" + " --quick" * args.quick
     command += f" --threads {args.threads}" * (args.threads != 2)
     command += f" --shape3d {' '.join(map(str, args.shape3d))}" * bool(args.shape3d) + " --write"
-    report = f"""## Core benchmark (`benchmarks/bench_core.py`)
+    report = f"""## Core benchmark (`benchmarks/speed/bench_core.py`)
 
 Generated {datetime.date.today().isoformat()} by
 `{command}` (total {elapsed / 60:.1f} min).
@@ -516,9 +405,7 @@ fwd+bwd floor = 3x forward FLOPs (grad-input + grad-weight).
 """
     print(report)
     if args.write:
-        out = REPO / "docs" / "results" / "core.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
+        out = write_result("core.md", report)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
