@@ -43,6 +43,14 @@ def oasis2d_npz() -> Path:
     return path
 
 
+def oasis3d_dir() -> Path:
+    """neurite-OASIS 3D (``OASIS_OAS1_000{1,2}_MR1/aligned_{norm,seg35,seg4}.nii.gz``)."""
+    path = data_dir() / "oasis3d_neurite"
+    if not path.exists():
+        path = PROJECT_DATA / "oasis3d_neurite"
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # the machine
 # --------------------------------------------------------------------------------------------

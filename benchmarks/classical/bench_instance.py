@@ -1,6 +1,6 @@
-"""Instance-specific optimisation on OASIS 2D test pairs (issue 5 acceptance).
+"""Instance-specific optimisation on OASIS 2D test pairs (acceptance of instance optimisation).
 
-    python benchmarks/bench_instance.py --model benchmarks/work/runs/oasis2d_ncc [--pairs 20] [--write]
+    python -m benchmarks.classical.bench_instance --model benchmarks/work/runs/oasis2d_ncc [--pairs 20] [--write]
 
 On the first N of the fixed test pairs (``WORK/oasis2d/test_pairs_seg24.csv``), compares:
 the network alone; the network refined per pair by ``--optimize`` Adam steps (the training loss,
@@ -18,18 +18,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import RESULTS, WORK
 from morphreg import optimize
 from morphreg.models import load_model
 from morphreg.workflows.evaluate import evaluate_pairs, pairs_from_csv, timed
 from morphreg.workflows.register import network_register_fn
 
-HERE = Path(__file__).resolve().parent
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=HERE / "work" / "runs" / "oasis2d_ncc")
-    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--model", type=Path, default=WORK / "runs" / "oasis2d_ncc")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--optimize", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--threads", type=int, default=1)
@@ -64,13 +63,13 @@ def main() -> None:
               f"folding {summary['folding_pct']['mean']:.3f} %, {summary['seconds']['mean']:.3f} s/pair", flush=True)
     before = rows[0][1]["dice_before"]
     lines = [
-        "# Instance-specific optimisation on OASIS 2D (issue 5)",
+        "# Instance-specific optimisation on OASIS 2D",
         "",
-        f"Command: `python benchmarks/bench_instance.py --model {args.model} --pairs {args.pairs} --write`  ",
+        f"Command: `python -m benchmarks.classical.bench_instance --model {args.model} --pairs {args.pairs} --write`  ",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); network: "
         f"{model.config}, trained step {model.metadata.get('step')}.  ",
-        f"Pairs: the first {args.pairs} of `benchmarks/oasis2d_test_pairs.csv` (test subjects never used in "
-        f"training); seg24 Dice before registration {before['mean']:.4f} ± {before['sd']:.4f}.",
+        f"Pairs: the first {args.pairs} of `benchmarks/oasis_study/oasis2d_test_pairs.csv` (test subjects never "
+        f"used in training); seg24 Dice before registration {before['mean']:.4f} ± {before['sd']:.4f}.",
         "",
         "| method | seg24 Dice | % folding | SDlogJ | s / pair |",
         "|---|---|---|---|---|",
@@ -81,7 +80,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        target = HERE.parent / "docs" / "results" / "instance.md"
+        target = RESULTS / "instance.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
 

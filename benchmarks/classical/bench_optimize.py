@@ -26,9 +26,9 @@ What it measures (CPU, ``torch.set_num_threads(--threads)``, default 1):
 
 Usage::
 
-    python benchmarks/bench_optimize.py            # print the Markdown tables
-    python benchmarks/bench_optimize.py --write    # ... and write docs/results/optimize.md
-    python benchmarks/bench_optimize.py --quick    # fewer pairs / seeds: a smoke test
+    python -m benchmarks.classical.bench_optimize            # print the Markdown tables
+    python -m benchmarks.classical.bench_optimize --write    # ... and write docs/results/optimize.md
+    python -m benchmarks.classical.bench_optimize --quick    # fewer pairs / seeds: a smoke test
 
 Data: ``--data`` or ``$MORPHREG_DATA`` or ``../shared/data`` next to the repository; a section
 whose data is missing is skipped with a note.
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
 import platform
 import sys
 import time
@@ -49,6 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS, md_table
+from benchmarks.common import data_dir as common_data_dir
 from morphreg import metrics, spatial
 from morphreg.optimize import (
     bspline_disp,
@@ -58,21 +59,9 @@ from morphreg.optimize import (
     register_ffd,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def data_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    if os.environ.get("MORPHREG_DATA"):
-        return Path(os.environ["MORPHREG_DATA"])
-    return REPO.parent / "shared" / "data"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return Path(arg) if arg else common_data_dir()
 
 
 def mean_dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -226,7 +215,7 @@ def bench_ffd(images: np.ndarray, segs: np.ndarray, subjects: Sequence[int], kin
         "% folding found",
         "seconds",
     ]
-    return table(header, rows), mean
+    return md_table(header, rows), mean
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +256,7 @@ def bench_dense(images: np.ndarray, segs: np.ndarray, first: Sequence[int]) -> t
             ]
         )
     header = ["model", "seg24 Dice before", "Dice after", "% folding (det J <= 0)", "s / pair"]
-    return table(header, rows), summary
+    return md_table(header, rows), summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +311,7 @@ def bench_mi(folder: Path) -> tuple[str, dict]:
         "mean disp. error (vox)",
         "seconds",
     ]
-    return table(header, rows), out
+    return md_table(header, rows), out
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +400,7 @@ def bench_affine(seeds: Sequence[int], oasis2d: np.ndarray | None, oasis3d: Path
         "worst case (vox)",
         "seconds",
     ]
-    return table(header, rows), out
+    return md_table(header, rows), out
 
 
 def row(name: str, arr: np.ndarray) -> list[str]:
@@ -485,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections.append(("4. Affine recovery (known random affine, loss gncc, 3 levels)", text))
 
     total = time.perf_counter() - started
-    command = "python benchmarks/bench_optimize.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.classical.bench_optimize " + " ".join(argv if argv is not None else sys.argv[1:])
     facts = (
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), {platform.machine()}, shared machine "
@@ -502,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = "\n".join(parts)
     print(report)
     if args.write:
-        target = REPO / "docs" / "results" / "optimize.md"
+        target = RESULTS / "optimize.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(report)
         print(f"wrote {target}")

@@ -1,11 +1,11 @@
 """Export the neurite-OASIS 2D stack into NIfTI folders and fixed pair lists, as a user would.
 
-    python benchmarks/prepare_oasis2d.py [--data ../shared/data] [--work benchmarks/work]
+    python -m benchmarks.oasis_study.prepare_oasis2d [--data ../shared/data] [--work benchmarks/work]
 
 Subject-wise split (committed, never changes): the first 300 subjects of ``oasis2d.npz`` (in
 ``subjects.txt`` order) are for training/validation, the last 64 are test subjects, never seen
 in training. Test pairs: each test subject ``i`` registered to ``i+1`` and ``i+2`` (mod 64),
-128 pairs, written to ``benchmarks/oasis2d_test_pairs.csv`` (subject names, committed) and to
+128 pairs, written to ``benchmarks/oasis_study/oasis2d_test_pairs.csv`` (subject names, committed) and to
 ``WORK/oasis2d/test_pairs.csv`` (file paths, for ``morphreg evaluate``).
 
 Files are NIfTI ``160 x 192 x 1`` with the release's affine, images ``slice_norm``, labels
@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import TEST_PAIRS_CSV, WORK, data_dir
 from morphreg import io
 
-HERE = Path(__file__).resolve().parent
 N_TRAIN = 300
 AFFINE = np.array([[-1.0, 0, 0, 80], [0, 0, 1, -0.5], [0, -1, 0, 96], [0, 0, 0, 1]])
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("MORPHREG_DATA", HERE.parent.parent / "shared" / "data"))
 
 
 def test_pairs(n_test: int) -> list[tuple[int, int]]:
@@ -38,8 +33,8 @@ def test_pairs(n_test: int) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=default_data_dir())
-    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--data", type=Path, default=data_dir())
+    parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args()
     stack = np.load(args.data / "oasis2d_neurite" / "oasis2d.npz")
     names = [str(s) for s in stack["subjects"]]
@@ -53,7 +48,7 @@ def main() -> None:
                 if not path.exists():
                     io.save_volume(io.Volume(stack[key][i], AFFINE), path)
     test_names = names[N_TRAIN:]
-    with open(HERE / "oasis2d_test_pairs.csv", "w", newline="") as handle:
+    with open(TEST_PAIRS_CSV, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["moving", "fixed"])
         writer.writerows([(test_names[a], test_names[b]) for a, b in test_pairs(len(test_names))])

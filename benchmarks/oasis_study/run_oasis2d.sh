@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Acceptance runs of issue 3 (and the long diffeomorphic / semi-supervised runs of the study):
+# OASIS 2D acceptance runs (and the long diffeomorphic / semi-supervised runs of the study):
 # train VxmDense on neurite-OASIS 2D (300 training subjects, seeded subject-wise split
 # 240 train / 60 validation), one CPU thread per run, two runs at a time on a 2-core machine,
-# then evaluate on the 128 fixed test pairs of benchmarks/oasis2d_test_pairs.csv (64 test
+# then evaluate on the 128 fixed test pairs of benchmarks/oasis_study/oasis2d_test_pairs.csv (64 test
 # subjects never used in training).
 #
-#   python benchmarks/prepare_oasis2d.py && bash benchmarks/run_oasis2d.sh
-#   python benchmarks/report_acceptance.py        # -> docs/results/oasis2d_acceptance.md
+#   python -m benchmarks.oasis_study.prepare_oasis2d && bash benchmarks/oasis_study/run_oasis2d.sh
+#   python -m benchmarks.oasis_study.report_acceptance        # -> docs/results/oasis2d_acceptance.md
 #
 # The NCC run uses --normalise minmax (the default when this protocol was fixed; NCC is
 # insensitive to it); the others use the default percentile normalisation.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 W=benchmarks/work/oasis2d
 R=benchmarks/work/runs
 mkdir -p $R

@@ -7,13 +7,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = Path(os.environ.get("STUDY_WORK", HERE / "work"))
-OASIS2D = WORK / "oasis2d"  # written by benchmarks/prepare_oasis2d.py
+from benchmarks import common
+from benchmarks.common import data_dir  # noqa: F401 - the study's data folder, read as cfg.data_dir()
+
+ROOT = common.REPO
+WORK = Path(os.environ.get("STUDY_WORK", common.WORK))
+OASIS2D = WORK / "oasis2d"  # written by benchmarks/oasis_study/prepare_oasis2d.py
 STUDY = WORK / "study"  # every output of the study (gitignored)
-RESULTS = ROOT / "docs" / "results"
-ACCEPTANCE_RUNS = HERE / "work" / "runs"  # benchmarks/run_oasis2d.sh (the 55-minute acceptance models)
+RESULTS = common.RESULTS
+ACCEPTANCE_RUNS = common.WORK / "runs"  # benchmarks/oasis_study/run_oasis2d.sh (the 55-minute acceptance models)
 
 SEED = 0
 # Intensity normalisation of every method's inputs (and of every model's training images):
@@ -28,10 +30,6 @@ MAIN_LAMBDA = {"ncc": 1.0, "mse": 0.01}
 WARMUP_PAIRS = 2  # dedicated timing phase: registrations before the clock starts
 TIME_PAIRS = 16  # dedicated timing phase: the first N test pairs, timed one by one
 EXAMPLE_PAIRS = 3  # pairs whose fields are kept for the example figures
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("MORPHREG_DATA", ROOT.parent / "shared" / "data"))
 
 
 def read_label_names(path: Path) -> dict[int, str]:
@@ -151,7 +149,7 @@ def methods_2d() -> list[Method]:
 
 
 def acceptance_runs() -> list[Path]:
-    """The colleagues' long acceptance models (benchmarks/run_oasis2d.sh and its reruns), if present."""
+    """The colleagues' long acceptance models (benchmarks/oasis_study/run_oasis2d.sh and its reruns), if present."""
     if not ACCEPTANCE_RUNS.is_dir():
         return []
     return sorted(p for p in ACCEPTANCE_RUNS.glob("oasis2d_*") if (p / "model.pt").is_file() and finished(p))

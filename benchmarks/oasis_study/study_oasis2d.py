@@ -1,14 +1,14 @@
 """The OASIS 2D study: morphreg against no registration, ANTs SyN/SyNCC, voxelmorph 0.3.4 and
 MONAI on the same 128 fixed test pairs (64 test subjects never used in training).
 
-    python benchmarks/study_oasis2d.py check                     # adapter conventions -> check.json
-    python benchmarks/study_oasis2d.py train-peer --method vxm034 --steps 1000
-    python benchmarks/study_oasis2d.py evaluate --method ants_syn
-    python benchmarks/study_oasis2d.py machine                   # machine facts -> machine.json
-    python benchmarks/study_oasis2d.py time --method ants_syn    # dedicated timing and memory -> timing.json
-    python benchmarks/study_oasis2d.py list [--train-args]       # method names (for run_study.sh)
+    python -m benchmarks.oasis_study.study_oasis2d check                   # adapter conventions -> check.json
+    python -m benchmarks.oasis_study.study_oasis2d train-peer --method vxm034 --steps 1000
+    python -m benchmarks.oasis_study.study_oasis2d evaluate --method ants_syn
+    python -m benchmarks.oasis_study.study_oasis2d machine                 # machine facts -> machine.json
+    python -m benchmarks.oasis_study.study_oasis2d time --method ants_syn  # dedicated timing, memory -> timing.json
+    python -m benchmarks.oasis_study.study_oasis2d list [--train-args]     # method names (for run_study.sh)
 
-``bash benchmarks/run_study.sh`` runs everything (morphreg models are trained by the
+``bash benchmarks/oasis_study/run_study.sh`` runs everything (morphreg models are trained by the
 ``morphreg train`` command line there). Every method is scored by one code path,
 ``morphreg.workflows.evaluate.evaluate_pairs``: once with the seg24 label maps, once with the
 seg4 label maps of the same pairs (the second pass reuses the fields of the first; each pair is
@@ -24,33 +24,15 @@ import json
 import math
 import os
 import platform
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import study_config as cfg  # noqa: E402
-from study_fields import FieldRecorder, FieldReplay  # noqa: E402
-
-
-def _threads_one() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+from benchmarks.common import cpu_model, maxrss_mib, threads_one
+from benchmarks.oasis_study import study_config as cfg
+from benchmarks.oasis_study.study_fields import FieldRecorder, FieldReplay
 
 
 def load_test_pairs(seg: str, normalise: str | None, limit: int | None = None) -> list[Any]:
@@ -87,7 +69,7 @@ def build_register_fn(m: cfg.Method) -> tuple[Any, dict[str, Any]]:
     if m.kind == "none":
         return timed(lambda moving, fixed: torch.zeros(1, moving.dim() - 2, *moving.shape[2:])), info
     if m.kind == "ants":
-        import study_peers
+        from benchmarks.oasis_study import study_peers
 
         study_peers.ants_threads_one()
         import ants
@@ -97,7 +79,7 @@ def build_register_fn(m: cfg.Method) -> tuple[Any, dict[str, Any]]:
         info["time_note"] = "ants.registration call only (dense-field extraction for scoring not counted)"
         return study_peers.AntsRegisterFn(m.transform, cfg.SEED), info
     if m.kind == "peer":
-        import study_peers
+        from benchmarks.oasis_study import study_peers
 
         path = cfg.run_dir(m) / "model.pt"
         model = study_peers.load_peer(m.peer, path)
@@ -150,7 +132,7 @@ def _morphreg_train_info(run: Path, checkpoint: str) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _threads_one()
+    threads_one()
     import torch
 
     from morphreg.workflows.evaluate import evaluate_pairs
@@ -220,7 +202,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     ``ru_maxrss`` is read again. The difference is the memory registration needs on top of the
     loaded process.
     """
-    _threads_one()
+    threads_one()
     import torch
 
     m = cfg.method(args.method)
@@ -230,14 +212,14 @@ def cmd_time(args: argparse.Namespace) -> int:
     pairs = load_test_pairs("seg24", info["normalise"], args.pairs)
     gc.collect()
     load_before = os.getloadavg()
-    baseline = _maxrss_mib()
+    baseline = maxrss_mib()
     for pair in pairs[: cfg.WARMUP_PAIRS]:
         register(pair.moving, pair.fixed)
     seconds = []
     for pair in pairs:
         register(pair.moving, pair.fixed)
         seconds.append(float(register.last_seconds))
-    peak = _maxrss_mib()
+    peak = maxrss_mib()
     timing = {
         "method": m.name,
         "pairs": len(pairs),
@@ -262,8 +244,8 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 
 def cmd_train_peer(args: argparse.Namespace) -> int:
-    _threads_one()
-    import study_peers
+    threads_one()
+    from benchmarks.oasis_study import study_peers
 
     m = cfg.method(args.method)
     out = Path(args.out) if args.out else cfg.run_dir(m)
@@ -284,8 +266,8 @@ def cmd_train_peer(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _threads_one()
-    import study_peers
+    threads_one()
+    from benchmarks.oasis_study import study_peers
 
     report = study_peers.check_conventions()
     out = Path(args.out) if args.out else cfg.STUDY / "check.json"
@@ -298,14 +280,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def machine_facts() -> dict[str, Any]:
     import torch
 
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("morphreg", "numpy", "scipy", "monai", "voxelmorph", "neurite", "ants"):
         try:

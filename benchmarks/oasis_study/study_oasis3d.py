@@ -2,8 +2,8 @@
 ``aligned_norm`` 160x192x224, already affinely aligned to one grid), registered in both
 directions, scored on seg35 and seg4 by ``morphreg.workflows.evaluate.evaluate_pairs``.
 
-    python benchmarks/study_oasis3d.py --method ants_syn    # or none, morphreg_dense, morphreg_dense_diffeo
-    python benchmarks/study_oasis3d.py --method morphreg_dense --scale 0.5   # smoke test at 1/2 size
+    python -m benchmarks.oasis_study.study_oasis3d --method ants_syn    # or none, morphreg_dense, morphreg_dense_diffeo
+    python -m benchmarks.oasis_study.study_oasis3d --method morphreg_dense --scale 0.5   # smoke test at 1/2 size
 
 With two volumes there is nothing to train a network on, so morphreg's entry is instance
 optimisation (``morphreg.optimize.register_dense``), settings in ``study_config.DENSE3D``.
@@ -15,23 +15,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import study_config as cfg  # noqa: E402
-from study_fields import FieldRecorder, FieldReplay  # noqa: E402
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from benchmarks.common import maxrss_mib
+from benchmarks.oasis_study import study_config as cfg
+from benchmarks.oasis_study.study_fields import FieldRecorder, FieldReplay
 
 
 def load_pairs(seg: str, scale: float = 1.0) -> list[Any]:
@@ -70,7 +62,7 @@ def build(m: cfg.Method3D) -> tuple[Any, dict[str, Any]]:
     if m.kind == "none":
         return timed(lambda moving, fixed: torch.zeros(1, moving.dim() - 2, *moving.shape[2:])), info
     if m.kind == "ants":
-        import study_peers
+        from benchmarks.oasis_study import study_peers
 
         study_peers.ants_threads_one()
         info["transform"] = m.transform
@@ -114,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     recorder = FieldRecorder(register)
 
     gc.collect()
-    baseline = _maxrss_mib()
+    baseline = maxrss_mib()
     t0 = time.perf_counter()
     # HD95 is left out in 3D (35 labels x 7 M voxels of distance transforms per direction)
     evaluate_pairs(
@@ -131,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     info["wall_seconds"] = time.perf_counter() - t0
     info["memory"] = {
         "baseline_maxrss_mib": baseline,
-        "peak_maxrss_mib": _maxrss_mib(),
-        "registration_mib": _maxrss_mib() - baseline,
+        "peak_maxrss_mib": maxrss_mib(),
+        "registration_mib": maxrss_mib() - baseline,
         "note": "high-water mark over registering and scoring both directions",
     }
     evaluate_pairs(

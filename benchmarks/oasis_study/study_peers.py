@@ -6,7 +6,7 @@ axis ``2 + k``, pull-back (``moved(x) = moving(x + disp(x))``). Every adapter be
 :func:`check_conventions` (``study_oasis2d.py check``): the peer's own warped output must equal
 ``morphreg.spatial.warp(moving, adapter_disp)``.
 
-The peers are optional benchmark dependencies (``benchmarks/requirements.txt``), imported only
+The peers are optional benchmark dependencies (the ``bench`` extra of ``pyproject.toml``), imported only
 inside the functions that need them.
 """
 

@@ -48,7 +48,7 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # --------------------------------------------------------------------------------------------
-# shared helpers (also used by bench_speed.py)
+# FLOP counting and the matmul rate (also used by bench_speed)
 # --------------------------------------------------------------------------------------------
 
 

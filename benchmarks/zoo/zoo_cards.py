@@ -1,6 +1,6 @@
 """Install built-in model weights and (re)write every card's metrics from the shipped weights.
 
-    python benchmarks/zoo_cards.py [--install NAME=RUN/model.pt ...] [--only NAME ...]
+    python -m benchmarks.zoo.zoo_cards [--install NAME=RUN/model.pt ...] [--only NAME ...]
 
 ``--install`` copies a trained checkpoint into ``src/morphreg/zoo/NAME.pt``. Then, for every
 built-in model (or those named by ``--only``), the packaged weights are loaded through
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zoo_common as zc
 
+from benchmarks.common import RESULTS
+from benchmarks.zoo import zoo_common as zc
 from morphreg import zoo
 
 ZOO = Path(zoo.__file__).resolve().parent
-ROOT = Path(__file__).resolve().parent.parent
 
 OASIS_TERMS = [
     "Trained on OASIS-1 data (Open Access Series of Imaging Studies) in the neurite-OASIS 2D release",
@@ -77,8 +77,8 @@ CARDS = {
             "(32 validation pairs, every 500 steps): step 8823, 0.7840.",
         ],
         "training_command": [
-            "python benchmarks/prepare_oasis2d.py --work W   # NIfTI export, split of the study",
-            "bash benchmarks/zoo_train.sh brain2d            # the commands below, then zoo_cards.py",
+            "python -m benchmarks.oasis_study.prepare_oasis2d --work W   # NIfTI export, split of the study",
+            "bash benchmarks/zoo/zoo_train.sh brain2d            # the commands below, then zoo_cards.py",
             "morphreg train --data W/oasis2d/train/img --segs W/oasis2d/train/seg24 --loss ncc --lambda 0.5 \\",
             "  --seg-weight 2 --int-steps 7 --int-downsize 2 --lr 1e-3 --lr-schedule cosine --normalise percentile \\",
             "  --threads 1 --seed 0 --val-every 500 --val-pairs 32 --checkpoint-every 500 --steps 12000 \\",
@@ -110,7 +110,7 @@ CARDS = {
             "one CPU thread; the last step is shipped (as the study scores its models).",
         ],
         "training_command": [
-            "bash benchmarks/zoo_train.sh brain2d-hyper",
+            "bash benchmarks/zoo/zoo_train.sh brain2d-hyper",
             "morphreg train --data W/oasis2d/train/img --segs W/oasis2d/train/seg24 --loss ncc --hyper --lr 1e-3 \\",
             "  --normalise percentile --threads 1 --seed 0 --val-every 500 --val-pairs 16 --checkpoint-every 500 \\",
             "  --steps 3000 --max-minutes 15 --out RUN      # RUN/last.pt is shipped",
@@ -137,7 +137,7 @@ CARDS = {
         "training": ["Dice loss on the warped synthetic labels + lambda=1 x gradient; no image similarity. "
                      "Adam lr 1e-3, "
                      "cosine schedule, batch 1, seed 0, one CPU thread."],
-        "training_command": ["python benchmarks/zoo_train_synth.py --out RUN --steps 4000 --max-minutes 15"],
+        "training_command": ["python -m benchmarks.zoo.zoo_train_synth --out RUN --steps 4000 --max-minutes 15"],
         "usage": ["morphreg register --model synth2d --moving T2.nii.gz --fixed T1.nii.gz --moved OUT.nii.gz",
                   "Cross-contrast results: docs/results/synth2d.md"],
         "limitations": ["Trained briefly on one CPU core: less accurate than brain2d on T1-T1 pairs; use it when the "
@@ -154,7 +154,7 @@ CARDS["brain2d-hyper-mse"] = {
     "training_time": "11 min wall, 1 CPU thread, load average 1.3-4.8 on 2 cores",
     "training": [line.replace("local NCC (window 9)", "MSE").replace("[0.05, 20]", "[0.0005, 0.2]")
                  for line in CARDS["brain2d-hyper"]["training"]],
-    "training_command": ["bash benchmarks/zoo_train.sh brain2d-hyper-mse",
+    "training_command": ["bash benchmarks/zoo/zoo_train.sh brain2d-hyper-mse",
                          "morphreg train --data W/oasis2d/train/img --segs W/oasis2d/train/seg24 --loss mse --hyper "
                          "--lr 1e-3 --normalise percentile --threads 1 --seed 0 --val-every 500 --val-pairs 16 "
                          "--checkpoint-every 500 --steps 3000 --max-minutes 11 --out RUN   # RUN/last.pt is shipped"],
@@ -194,7 +194,7 @@ def held_out(name: str) -> dict:
               "folding_pct": float(np.mean(rows["folding"])), "folding_pct_max": float(np.max(rows["folding"])),
               "seconds_per_pair_incl_scoring": seconds}
     details = [
-        "128 pairs of 64 OASIS 2D subjects never seen in training (benchmarks/oasis2d_test_pairs.csv), "
+        "128 pairs of 64 OASIS 2D subjects never seen in training (benchmarks/oasis_study/oasis2d_test_pairs.csv), "
         "one forward pass:",
         f"  Dice seg24 {zc.mean_sd(rows['seg24'])} (before: {zc.mean_sd(rows['seg24_before'])};"
         f" ANTs SyNCC on the same pairs: {zc.SYNCC_SEG24})",
@@ -213,7 +213,7 @@ def held_out(name: str) -> dict:
         details.append(f"  Dice seg24 {zc.mean_sd(inverted['seg24'])}, folding {np.mean(inverted['folding']):.4f} %")
         summary = (f"OASIS seg24 Dice {result['dice_seg24']:.3f} (inverted contrast "
                    f"{result['dice_seg24_inverted']:.3f}; none {result['dice_seg24_before']:.3f})")
-    details.append("Measured by: python benchmarks/zoo_cards.py (from the packaged weights)")
+    details.append("Measured by: python -m benchmarks.zoo.zoo_cards (from the packaged weights)")
     result.update(summary=summary, details=details)
     return result
 
@@ -253,7 +253,7 @@ def main() -> None:
 
 def write_overview() -> None:
     """docs/results/zoo.md: one row per built-in model, read from the cards just written."""
-    lines = ["# Built-in models", "", "Generated by `python benchmarks/zoo_cards.py` from the packaged weights and "
+    lines = ["# Built-in models", "", "Generated by `python -m benchmarks.zoo.zoo_cards` from the packaged weights and "
              "cards (`src/morphreg/zoo/`); do not edit by hand.", "",
              "| model | network | parameters | size | trained | held-out (128 OASIS 2D test pairs) |",
              "|---|---|---|---|---|---|"]
@@ -266,7 +266,7 @@ def write_overview() -> None:
                      f"worst-pair folding {held['folding_pct_max']:.4f} % |")
     lines += ["", "ANTs SyNCC on the same 128 pairs: Dice seg24 0.737 (docs/results/study.md). Full cards: "
               "`morphreg models NAME`. HyperMorph curve: [hypermorph.md](hypermorph.md)."]
-    (ROOT / "docs" / "results" / "zoo.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / "zoo.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

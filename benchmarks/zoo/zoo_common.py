@@ -1,7 +1,7 @@
 """Shared by the built-in model scripts: the OASIS 2D held-out pairs and one scoring loop.
 
-The 64 test subjects and 128 test pairs are those of the study (``oasis2d_test_pairs.csv``,
-made by ``prepare_oasis2d.py``): subjects never used in training nor in choosing a recipe.
+The 64 test subjects and 128 test pairs are those of the study (``oasis_study/oasis2d_test_pairs.csv``,
+made by ``oasis_study/prepare_oasis2d.py``): subjects never used in training nor in choosing a recipe.
 Dice is computed as ``morphreg evaluate`` does (labels present in the moving or fixed map, the
 moved map warped with nearest neighbours), folding = % voxels with det J <= 0.
 """
@@ -9,38 +9,25 @@ moved map warped with nearest neighbours), folding = % voxels with det J <= 0.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import TEST_PAIRS_CSV, oasis2d_npz
 from morphreg import metrics, spatial
 from morphreg.data import normalise_intensity
 
-HERE = Path(__file__).resolve().parent
 #: ANTs SyNCC on the same 128 pairs (docs/results/study.md, section 1).
 SYNCC_SEG24 = 0.737
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("MORPHREG_DATA", HERE.parent.parent / "shared" / "data"))
-
-
-def oasis_npz() -> Path:
-    path = data_dir() / "oasis2d_neurite" / "oasis2d.npz"
-    if not path.exists():  # the project's machines keep the data here
-        path = Path("/work/shared/data/oasis2d_neurite/oasis2d.npz")
-    return path
-
-
 def test_pairs() -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
     """The stack (``slice_norm``, ``seg24``, ``seg4``) and the 128 test pairs as index pairs."""
-    stack = np.load(oasis_npz())
+    stack = np.load(oasis2d_npz())
     names = [str(s) for s in stack["subjects"]]
     index = {name: i for i, name in enumerate(names)}
-    with open(HERE / "oasis2d_test_pairs.csv", newline="") as handle:
+    with open(TEST_PAIRS_CSV, newline="") as handle:
         pairs = [(index[r["moving"]], index[r["fixed"]]) for r in csv.DictReader(handle)]
     return {k: stack[k] for k in ("slice_norm", "seg24", "seg4")}, pairs
 

@@ -2,16 +2,16 @@
 # Reproduce the built-in models (seed 0, one CPU thread each), then rewrite their cards from the
 # installed weights:
 #
-#   python benchmarks/prepare_oasis2d.py --work benchmarks/work      # NIfTI export, the study's split
-#   bash benchmarks/zoo_train.sh [brain2d|brain2d-hyper|brain2d-hyper-mse|synth2d ...]
-#   python benchmarks/zoo_hyper.py && python benchmarks/zoo_synth.py  # docs/results/hypermorph.md, synth2d.md
+#   python -m benchmarks.oasis_study.prepare_oasis2d --work benchmarks/work      # NIfTI export, the study's split
+#   bash benchmarks/zoo/zoo_train.sh [brain2d|brain2d-hyper|brain2d-hyper-mse|synth2d ...]
+#   python -m benchmarks.zoo.zoo_hyper && python -m benchmarks.zoo.zoo_synth  # docs/results/hypermorph.md, synth2d.md
 #
 # As run for the shipped weights (2 shared CPU cores, 2026-12-05): brain2d's first command was
 # stopped by --max-minutes at step 6552 and resumed with --steps 9500 (the second command); the
 # hyper runs and synth2d stopped at their --max-minutes (steps on the cards). Where the machine is
 # faster, a run goes further before its time budget: the card records the steps of the weights.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 W=${WORK:-benchmarks/work}/oasis2d
 R=${RUNS:-benchmarks/work/zoo}
 mkdir -p "$R"
@@ -36,9 +36,9 @@ for name in "${models[@]}"; do
         --steps 3000 --max-minutes 11 --out $R/brain2d-hyper-mse
       install+=(brain2d-hyper-mse=$R/brain2d-hyper-mse/last.pt) ;;
     synth2d)
-      python benchmarks/zoo_train_synth.py --out $R/synth2d --steps 4000 --max-minutes 15
+      python -m benchmarks.zoo.zoo_train_synth --out $R/synth2d --steps 4000 --max-minutes 15
       install+=(synth2d=$R/synth2d/model.pt) ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac
 done
-python benchmarks/zoo_cards.py --install "${install[@]}"
+python -m benchmarks.zoo.zoo_cards --install "${install[@]}"

@@ -1,6 +1,6 @@
 """Train the built-in model ``synth2d`` (SynthMorph): only synthesised images, Dice loss on their labels.
 
-    python benchmarks/zoo_train_synth.py --out RUN [--steps 4000] [--max-minutes 15] [--seed 0]
+    python -m benchmarks.zoo.zoo_train_synth --out RUN [--steps 4000] [--max-minutes 15] [--seed 0]
 
 The network never sees a real image: every training and validation pair is drawn by
 :class:`morphreg.synth.SynthPairs` (160 x 192, 16 random labels). Loss: Dice on the warped
