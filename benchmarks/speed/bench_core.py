@@ -361,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts_table = md_table(["fact", "value"], list(facts.items()))
     command = "python -m benchmarks.speed.bench_core" + " --quick" * args.quick
     command += f" --threads {args.threads}" * (args.threads != 2)
-    command += f" --shape3d {' '.join(map(str, args.shape3d))}" * bool(args.shape3d) + " --write"
+    if args.shape3d:  # (the f-string must not be built without --shape3d: it joins None)
+        command += f" --shape3d {' '.join(map(str, args.shape3d))}"
+    command += " --write"
     report = f"""## Core benchmark (`benchmarks/speed/bench_core.py`)
 
 Generated {datetime.date.today().isoformat()} by
