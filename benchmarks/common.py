@@ -255,11 +255,13 @@ def spread(values: Sequence[float]) -> str:
     return f"{fmt_s(min(values))}-{fmt_s(max(values))} (n={len(values)})"
 
 
-def write_result(name: str, text: str) -> Path:
-    """Write ``docs/results/NAME`` atomically (morphreg's one atomic write) and return its path."""
+def write_text(path: Path, text: str) -> Path:
+    """Write a report (UTF-8) with morphreg's one atomic write: all of it or the old file, never half."""
     from morphreg._files import atomic_write_text
 
-    path = RESULTS / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
+    return atomic_write_text(path, text)
+
+
+def write_result(name: str, text: str) -> Path:
+    """Write ``docs/results/NAME`` with :func:`write_text` and return its path."""
+    return write_text(RESULTS / name, text)

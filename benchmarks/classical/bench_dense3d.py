@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, module_command, module_env, oasis3d_dir
+from benchmarks.common import RESULTS, module_command, module_env, oasis3d_dir, write_text
 
 DATA = oasis3d_dir()
 SUBJECTS = {"1": DATA / "OASIS_OAS1_0001_MR1", "2": DATA / "OASIS_OAS1_0002_MR1"}
@@ -257,7 +257,7 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
               "with 100/50/25 iterations, displacement-field sigma 1.5; FireANTs = GreedyRegistration defaults on "
               "the CPU, scales 4/2/1, 200/100/50 iterations, stopped at the time limit.", ""]
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text("\n".join(lines))
+    write_text(args.report, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, WORK
+from benchmarks.common import RESULTS, WORK, write_text
 from morphreg import optimize
 from morphreg.models import load_model
 from morphreg.workflows.evaluate import evaluate_pairs, pairs_from_csv, timed
@@ -82,7 +82,7 @@ def main() -> None:
     if args.write:
         target = RESULTS / "instance.md"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        write_text(target, text)
 
 
 if __name__ == "__main__":

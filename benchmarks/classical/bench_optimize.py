@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, md_table
+from benchmarks.common import RESULTS, md_table, write_text
 from benchmarks.common import data_dir as common_data_dir
 from morphreg import metrics, spatial
 from morphreg.optimize import (
@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         target = RESULTS / "optimize.md"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(report)
+        write_text(target, report)
         print(f"wrote {target}")
     return 0
 

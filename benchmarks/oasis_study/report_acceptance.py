@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from benchmarks.common import RESULTS, WORK
+from benchmarks.common import RESULTS, WORK, write_text
 
 RUNS = {"ncc": "oasis2d_ncc", "mse": "oasis2d_mse_pct"}
 
@@ -84,7 +84,7 @@ def main() -> None:
         if (out / f"oasis2d_{loss}_pair000_overview.png").exists():
             lines.append(f"![{loss}: first test pair](oasis2d_{loss}_pair000_overview.png)")
     text = "\n".join(line for line in lines) + "\n"
-    (out / "oasis2d_acceptance.md").write_text(text)
+    write_text(out / "oasis2d_acceptance.md", text)
     print(text)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import write_text
 from benchmarks.oasis_study import study_config as cfg
 from benchmarks.oasis_study.study_conclusion import conclusion
 from benchmarks.oasis_study.study_figures import (
@@ -446,9 +447,7 @@ def write_report(study: Path, out: Path) -> Path:
     md += section_3d(results3, out)
     md.append("## Conclusion (generated from the numbers above)\n")
     md.extend(conclusion(results, results3, steps))
-    path = out / "study.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return write_text(out / "study.md", "\n".join(md) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

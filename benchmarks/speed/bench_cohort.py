@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, WORK
+from benchmarks.common import RESULTS, WORK, write_text
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def main() -> None:
         f"{1000 * cohort_wall / n:.0f} s this way, {1000 * single_wall:.0f} s as separate commands.",
         "",
     ]
-    args.out.write_text("\n".join(text))
+    write_text(args.out, "\n".join(text))
     print("\n".join(text))
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, WORK
+from benchmarks.common import RESULTS, WORK, write_text
 
 DECISION = ("Decision: `morphreg train` defaults to `--lr 1e-3 --lr-schedule constant` (was 1e-4 constant, which "
             "barely moves in a short run); the acceptance runs of `benchmarks/oasis_study/run_oasis2d.sh` use the "
@@ -86,7 +86,7 @@ def main() -> None:
                     f"{wall:.0f} | {cpu:.0f} | {load:.1f} |")
     text += ["", "One seed and a short run: the table ranks settings for a first run, it does not tune them.",
              "", DECISION, ""]
-    args.out.write_text("\n".join(text))
+    write_text(args.out, "\n".join(text))
     print(f"wrote {args.out}")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS
+from benchmarks.common import write_result
 from benchmarks.zoo import zoo_common as zc
 from morphreg import zoo
 
@@ -266,7 +266,7 @@ def write_overview() -> None:
                      f"worst-pair folding {held['folding_pct_max']:.4f} % |")
     lines += ["", "ANTs SyNCC on the same 128 pairs: Dice seg24 0.737 (docs/results/study.md). Full cards: "
               "`morphreg models NAME`. HyperMorph curve: [hypermorph.md](hypermorph.md)."]
-    (RESULTS / "zoo.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_result("zoo.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS  # noqa: E402
+from benchmarks.common import RESULTS, write_result  # noqa: E402
 from benchmarks.zoo import zoo_common as zc  # noqa: E402
 from morphreg import zoo  # noqa: E402
 
@@ -99,7 +99,7 @@ def main() -> None:
     lines += ["", "![lambda curve](hypermorph_curve.png)", "",
               "Training budget: the HyperMorph model's steps are stated above; the study trained each separate "
               "model 1000 steps, so three separate models cost 3000 steps."]
-    (RESULTS / "hypermorph.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_result("hypermorph.md", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'hypermorph.md'}")
 
 

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import PROJECT_DATA, RESULTS, data_dir  # noqa: E402
+from benchmarks.common import PROJECT_DATA, RESULTS, data_dir, write_result  # noqa: E402
 from benchmarks.zoo import zoo_common as zc  # noqa: E402
 from morphreg import optimize, spatial, zoo  # noqa: E402
 
@@ -133,7 +133,7 @@ def main() -> None:
              "![BrainWeb example](synth2d_brainweb.png)", "",
              f"## OASIS 2D: {args.pairs} held-out pairs, moving contrast inverted inside the brain", "", *oasis, "",
              "s / pair: CPU seconds of registration and scoring per inverted pair, one thread."]
-    (RESULTS / "synth2d.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_result("synth2d.md", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'synth2d.md'}")
 
 
