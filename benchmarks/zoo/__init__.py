@@ -1,0 +1,1 @@
+"""The built-in models: training, cards, the HyperMorph curve, synth2d across contrasts."""
