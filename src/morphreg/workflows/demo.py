@@ -2,7 +2,7 @@
 
 1. Make a 2D data set of synthetic "brains" (random smooth label maps warped per subject,
    images drawn from the labels with random intensities, noise and blur; SynthMorph in spirit)
-   — or read the user's images with ``--data``/``--segs``.
+   — or read the user's images (``DemoOptions.data``/``segs``).
 2. Train a VoxelMorph network (NCC, λ = 1) for a few minutes on the CPU.
 3. Register held-out pairs in one forward pass each, print a before/after Dice table per
    structure, and write figures (registration, deformation grid, flow, Jacobian, curves).
