@@ -92,7 +92,7 @@ def _stderr(line: str) -> None:
 
 
 def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
-                  formats: OutputFormats = OutputFormats(), *, moving_path: PathLike, fixed_path: PathLike,
+                  formats: OutputFormats | None = None, *, moving_path: PathLike, fixed_path: PathLike,
                   key: str | None = None,
                   report: Callable[[str], None] = _stderr) -> None:
     """Write the outputs ``paths`` asks for.
@@ -104,6 +104,7 @@ def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
         key: array name when the moving image is an ``.npz``.
         report: receives notes (a fixed-point inverse and its residual).
     """
+    formats = formats or OutputFormats()
     description = f"morphreg {__version__}: {Path(moving_path).name} registered to {Path(fixed_path).name}"
     io.save_volume(result.moved, paths.moved, description=description)
     if paths.warp:
