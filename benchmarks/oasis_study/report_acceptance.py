@@ -52,6 +52,7 @@ def main() -> None:
              "| loss | λ | normalisation | steps | training minutes | best val Dice (step) | seg24 Dice before → after "
              "| seg4 Dice before → after | % folding | SDlogJ | HD95 before → after (mm) | s / pair |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    resumed = []
     for loss, name in RUNS.items():
         run = args.work / "runs" / name
         if not (run / "metrics.csv").exists():
@@ -65,6 +66,7 @@ def main() -> None:
             return f"{stats['mean']:.4f} ± {stats['sd']:.4f}"
 
         settings = facts["settings"]
+        resumed.append(f"{loss} {facts['resumes']}")
         lines.append(
             f"| {loss} | {settings['weight']:g} | {settings.get('normalise') or 'minmax'} | {facts['steps']} "
             f"| {facts['minutes']:.1f} | {facts['best_val']:.4f} ({facts['best_step']}) "
@@ -74,9 +76,10 @@ def main() -> None:
         figure = args.work / "eval" / f"oasis2d_{loss}_seg24" / "figures" / "pair000_overview.png"
         if figure.exists():
             shutil.copy(figure, out / f"oasis2d_{loss}_pair000_overview.png")
-    lines += ["", "Notes: the NCC run was made with per-image min-max scaling (the default then; NCC is insensitive",
-              "to it) and resumed once to use more of its time budget; the MSE run uses the percentile",
-              "normalisation that is now the default (with min-max, MSE training did not improve validation Dice:",
+    lines += ["", "Notes: the NCC run was made with per-image min-max scaling (the default when this protocol was",
+              f"fixed; NCC is insensitive to it); times each run was resumed: {', '.join(resumed)};",
+              "the MSE run uses the percentile normalisation that is now the default (with min-max, MSE training",
+              "did not improve validation Dice:",
               "per-image maxima of `slice_norm` range from 0.44 to 0.98). Seconds per pair are `morphreg evaluate`'s",
               "wall time per forward pass with torch's default threads on a machine loaded by other jobs",
               "(see docs/results/instance.md and speed.md for single-thread and in-process timings).", ""]
