@@ -195,6 +195,36 @@ def test_register_affine_moments_init_recovers_large_rotation():
     assert _mean_disp_error(result.matrix_voxel, truth, shape) < 0.2
 
 
+def test_moments_init_with_an_offset_anisotropic_fixed_affine():
+    # The object lives in mm; both grids have 2 x 3 mm voxels and an offset origin (the centred
+    # frame then differs from the voxel frame). The moving image shows it rotated by 50 degrees
+    # about a point away from the grid centre: the moments (centroids + principal axes) give the
+    # exact transform, so moments_init must recover it to a fraction of a voxel.
+    shape = (40, 48)
+    affine = torch.tensor([[2.0, 0.0, 5.0], [0.0, 3.0, -7.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    params = (
+        torch.tensor([[30.0, 60.0], [50.0, 60.0], [70.0, 60.0], [40.0, 80.0]], dtype=torch.float64),
+        torch.tensor([[10.0, 6.0], [10.0, 6.0], [10.0, 6.0], [6.0, 6.0]], dtype=torch.float64),
+        torch.tensor([1.0, 0.8, 0.6, 0.7], dtype=torch.float64),
+    )
+    pivot = torch.tensor([45.0, 62.0], dtype=torch.float64)
+    world = torch.eye(3, dtype=torch.float64)  # fixed world point -> moving world point
+    world[:2, :2] = _rotation(math.radians(50.0), 2)
+    world[:2, 2] = pivot - world[:2, :2] @ pivot + torch.tensor([4.0, -6.0], dtype=torch.float64)
+
+    def image(transform):
+        grid = spatial.identity_grid(shape, dtype=torch.float64).reshape(2, -1)
+        points = affine[:2, :2] @ grid + affine[:2, 2:]
+        points = torch.linalg.solve(transform[:2, :2], points - transform[:2, 2:])
+        return _render(params, points.reshape(2, *shape))
+
+    fixed, moving = image(torch.eye(3, dtype=torch.float64)), image(world)
+    truth = (torch.linalg.inv(affine) @ world @ affine)[:2]  # fixed voxel -> moving voxel
+    start = moments_init(moving, fixed, transform="rigid", loss="mse", moving_affine=affine, fixed_affine=affine)
+    error = _mean_disp_error(start, truth, shape)
+    assert error < 0.3, f"mean displacement error {error:.2f} voxels"
+
+
 def test_centre_of_mass_known_answers():
     image = torch.zeros(2, 1, 20, 30)
     image[0, 0, 4:7, 10:15] = 2.0  # box centre (5, 12)
