@@ -93,7 +93,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "gncc", "mi"], default=None,
                    help="similarity for --method/--optimize: mse, ncc (local), gncc (global NCC), mi "
-                        "(default: gncc for affine/rigid, ncc otherwise)")
+                        "(default: for affine/rigid gncc, or mi where the two contrasts are not linearly "
+                        "related (T1 to PD); ncc otherwise)")
     p.add_argument("--lambda", dest="weight", type=non_negative_float, default=None,
                    help="regularisation weight; with --method dense it selects the variational Adam solver "
                         "instead of the default greedy diffeomorphic one (as does a --loss other than ncc); "
