@@ -227,7 +227,10 @@ def test_classical_methods_and_composition(dataset, trained, tmp_path, capsys):
         code = main(["register", "--method", method, *base, "--moved", str(tmp_path / f"{method}.nii.gz"),
                      "--warp", str(tmp_path / f"{method}_warp.nii.gz"), *extra])
         assert code == 0
-        out = capsys.readouterr().out
+        captured = capsys.readouterr()
+        out = captured.out
+        if method == "affine":  # one progress bar per level on stderr (--quiet: none, below)
+            assert "affine level 1/" in captured.err and "loss=" in captured.err
         before, after = (float(x) for x in
                          __import__("re").search(r"Dice .*: ([0-9.]+) \(before: ([0-9.]+)\)", out).groups()[::-1])
         if method != "affine":  # the synthetic subjects differ by smooth deformations, not by an affine
@@ -235,6 +238,8 @@ def test_classical_methods_and_composition(dataset, trained, tmp_path, capsys):
         assert np.allclose(nib.load(tmp_path / f"{method}.nii.gz").affine, AFFINE)
     matrix = np.loadtxt(tmp_path / "matrix.txt")
     assert matrix.shape == (4, 4) and np.allclose(matrix[3], [0, 0, 0, 1])
+    assert main(["register", "--method", "affine", *base, "--moved", str(tmp_path / "quiet.nii.gz"), "--quiet"]) == 0
+    assert "level" not in capsys.readouterr().err
     # network with affine pre-alignment and instance optimisation: one composed warp
     assert main(["register", "--model", str(trained), "--affine", "--optimize", "20", *base,
                  "--moved", str(tmp_path / "composed.nii.gz"), "--warp", str(tmp_path / "composed_warp.nii.gz"),

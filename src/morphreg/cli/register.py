@@ -93,7 +93,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                    help="instance-specific optimisation steps refining the network's field")
     p.add_argument("--loss", choices=["mse", "ncc", "gncc", "mi"], default=None,
                    help="similarity for --method/--optimize: mse, ncc (local), gncc (global NCC), mi "
-                        "(default: gncc for affine/rigid, ncc otherwise)")
+                        "(default: for affine/rigid gncc, or mi where the two contrasts are not linearly "
+                        "related (T1 to PD); ncc otherwise)")
     p.add_argument("--lambda", dest="weight", type=non_negative_float, default=None,
                    help="regularisation weight; with --method dense it selects the variational Adam solver "
                         "instead of the default greedy diffeomorphic one (as does a --loss other than ncc); "
@@ -169,7 +170,7 @@ def _network(args: argparse.Namespace, path: str, flag: str, device: Any, ndim: 
     return model
 
 
-def _tqdm_progress(enabled: bool) -> Any:
+def _tqdm_progress(enabled: bool, name: str) -> Any:
     """A per-iteration callback drawing one tqdm bar per pyramid level on stderr (``None`` when off)."""
     if not enabled:
         return None
@@ -181,7 +182,7 @@ def _tqdm_progress(enabled: bool) -> Any:
         if level not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[level] = tqdm(total=n_iterations, desc=f"dense level {level + 1}/{n_levels}", leave=True)
+            bars[level] = tqdm(total=n_iterations, desc=f"{name} level {level + 1}/{n_levels}", leave=True)
         bar = bars[level]
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", elapsed=f"{elapsed:.1f}s", refresh=False)
@@ -208,15 +209,15 @@ def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any)
                                                            pair.fixed.ndim), device)
             registration = pipeline.AffineThen(affine, registration)
         elif args.affine:
-            registration = pipeline.AffineThen(
-                pipeline.OnDevice(pipeline.AffineRegistration("affine", "gncc", pair.fixed.affine), device),
-                registration)
+            affine = pipeline.AffineRegistration("affine", grid_affine=pair.fixed.affine,
+                                                 progress=_tqdm_progress(not args.quiet, "affine"))
+            registration = pipeline.AffineThen(pipeline.OnDevice(affine, device), registration)
     else:
         normalise = normalise_arg(args.normalise)
         schedule = pipeline.GreedySchedule.from_options(args.preset, args.levels, args.iterations)
         registration = pipeline.OnDevice(pipeline.classical_registration(
             method, loss=args.loss, weight=args.weight, grid_affine=pair.fixed.affine, schedule=schedule,
-            progress=_tqdm_progress(not args.quiet)), device)
+            progress=_tqdm_progress(not args.quiet, method)), device)
     if args.init_matrix or args.init_warp:
         disp, matrix = initial_transform(pair, moving_path=args.moving, init_matrix=args.init_matrix,
                                          init_warp=args.init_warp, matrix_format=args.matrix_format,

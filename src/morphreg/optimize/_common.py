@@ -24,6 +24,9 @@ from ..spatial import TORCH_LINEAR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: ``progress(level, n_levels, iteration, n_iterations, loss, elapsed_s)``, called after every iteration.
+ProgressFn = Callable[[int, int, int, int, float, float], None]
+
 MIN_LEVEL_SIZE = 16
 
 
@@ -164,6 +167,17 @@ def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(blurred, size=new, mode=TORCH_LINEAR[ndim], align_corners=True)
 
 
+def pyramid(image: torch.Tensor, shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """``image`` at each of ``shapes`` (coarse to fine), each level :func:`downsample`-d from the
+    next finer one (cheaper than from full resolution; the blurs compound to about the same)."""
+    levels = []
+    current = image
+    for shape in reversed(shapes):
+        current = downsample(current, shape)
+        levels.append(current)
+    return levels[::-1]
+
+
 def level_scale(old: Sequence[int], new: Sequence[int]) -> list[float]:
     """Full-resolution voxels per level voxel along each axis (corner-aligned grids)."""
     return [(o - 1) / (n - 1) if n > 1 else 1.0 for o, n in zip(old, new)]
@@ -192,10 +206,12 @@ def run_adam(
     lr: float,
     history: list[float],
     final_lr_ratio: float = 0.1,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> None:
     """Minimise ``objective()`` with Adam, cosine-decaying every group's lr to ``final_lr_ratio``.
 
-    Appends the loss of every iteration to ``history`` (evaluated before the step).
+    Appends the loss of every iteration to ``history`` (evaluated before the step) and calls
+    ``on_step(iteration, loss)`` after each step when given.
 
     Raises:
         FloatingPointError: the loss is NaN or infinite (the optimisation diverged, e.g. for a
@@ -220,3 +236,5 @@ def run_adam(
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(it, history[-1])

@@ -23,7 +23,8 @@ Parametrisations (one code path for 2D and 3D):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -31,19 +32,22 @@ import torch
 import torch.nn.functional as F
 
 from .. import spatial
-from .._checks import check_choice, check_matrix, check_pair
+from .._checks import check_choice, check_matrix, check_pair, check_positive_int
 from ..geometry import Frames, centred_frames, homogeneous, matrix_to_world, scale_matrix
 from ._common import (
     LossFn,
+    ProgressFn,
     broadcast_pair,
     check_lr,
-    downsample,
     level_plan,
     level_scale,
     level_shapes,
+    pyramid,
     resolve_loss,
     run_adam,
 )
+from ._contrast import auto_loss
+from ._sampled import SAMPLED_LOSSES, SampledLoss
 from .moments import initial_transforms
 
 __all__ = [
@@ -56,6 +60,10 @@ __all__ = [
 
 AFFINE_TRANSFORMS = ("translation", "rigid", "similarity", "affine")
 AFFINE_INITS = ("moments", "com", "identity")
+
+#: Default number of random points scoring a global similarity at each iteration (``samples``).
+DEFAULT_SAMPLES = 2**15
+
 
 
 class AffineResult(NamedTuple):
@@ -71,6 +79,8 @@ class AffineResult(NamedTuple):
         disp: ``(B, ndim, *fixed_spatial)`` the dense displacement in voxels.
         moved: ``(B, C, *fixed_spatial)`` the moving image resampled on the fixed grid.
         loss_history: the loss at every iteration, coarse levels first.
+        loss: the similarity optimised: its name (``"gncc"`` or ``"mi"`` where ``loss="auto"``
+            chose), or ``"callable"``.
     """
 
     matrix_voxel: torch.Tensor
@@ -78,6 +88,7 @@ class AffineResult(NamedTuple):
     disp: torch.Tensor
     moved: torch.Tensor
     loss_history: list[float]
+    loss: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,10 +229,40 @@ def _level_loss(
     return similarity(moved, fixed)
 
 
+def _level_objective(
+    params: _Params,
+    frames: tuple[torch.Tensor, torch.Tensor],
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    similarity: LossFn,
+    samples: int | None,
+) -> Callable[[], torch.Tensor]:
+    """The loss of one pyramid level: on ``samples`` random fixed points when given and fewer
+    than the level has voxels, else on every voxel."""
+    left, right = frames
+    if samples is None or fixed[0, 0].numel() <= samples:
+        return partial(_level_loss, params, left, right, moving, fixed, similarity)
+    return SampledLoss(lambda: left @ params.matrix() @ right, moving, fixed, similarity, samples)
+
+
 def _voxel_matrix(geo: Frames, transform: torch.Tensor) -> torch.Tensor:
     left = geo.left.to(transform.device, transform.dtype)
     right = geo.right.to(transform.device, transform.dtype)
     return left @ transform @ right
+
+
+def _candidate_moved(
+    candidate: torch.Tensor,
+    geo: Frames,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    scales: tuple[list[float], list[float]],
+) -> torch.Tensor:
+    """``moving`` (a pyramid level) resampled on ``fixed``'s level grid by the centred-frame ``candidate``."""
+    scale_m, scale_f = scales
+    vox = torch.linalg.inv(scale_matrix(scale_m)) @ geo.left @ candidate @ geo.right @ scale_matrix(scale_f)
+    moved, _ = _resample(moving, vox.to(fixed.device, fixed.dtype), fixed.shape[2:])
+    return moved
 
 
 def _best_candidate(
@@ -233,9 +274,6 @@ def _best_candidate(
     scales: tuple[list[float], list[float]],
 ) -> torch.Tensor:
     """Per pair, the candidate whose resampled image scores the lowest loss."""
-    scale_m, scale_f = scales
-    conj_l = torch.linalg.inv(scale_matrix(scale_m))
-    conj_r = scale_matrix(scale_f)
     batch = fixed.shape[0]
     best = candidates[0].clone()
     best_loss = torch.full((batch,), math.inf, dtype=torch.float64)
@@ -245,8 +283,7 @@ def _best_candidate(
             if not valid.any():
                 continue
             safe = torch.where(valid.view(-1, 1, 1), cand, candidates[0])
-            vox = conj_l @ geo.left @ safe @ geo.right @ conj_r
-            moved, _ = _resample(moving, vox.to(fixed.device, fixed.dtype), fixed.shape[2:])
+            moved = _candidate_moved(safe, geo, moving, fixed, scales)
             for b in range(batch):
                 if not valid[b]:
                     continue
@@ -298,13 +335,15 @@ def register_affine(
     fixed: torch.Tensor,
     *,
     transform: str = "affine",
-    loss: str | LossFn = "gncc",
+    loss: str | LossFn = "auto",
     levels: int = 3,
     iterations: int | Sequence[int] = 100,
     lr: float = 0.5,
     init: str | torch.Tensor = "moments",
     moving_affine: object = None,
     fixed_affine: object = None,
+    samples: int | None = DEFAULT_SAMPLES,
+    progress: ProgressFn | None = None,
 ) -> AffineResult:
     """Register ``moving`` to ``fixed`` with a global linear transform (multi-resolution Adam).
 
@@ -313,11 +352,14 @@ def register_affine(
             from ``fixed``'s (batch 1 broadcasts).
         fixed: ``(B, C, *spatial)`` reference image; results live on its grid.
         transform: ``"translation"``, ``"rigid"``, ``"similarity"`` or ``"affine"``.
-        loss: ``"gncc"`` (global correlation, the default), ``"ncc"`` (local, window 9),
-            ``"mse"``, ``"mi"`` (multimodal), or a callable ``(moved, fixed) -> scalar``.
-            Local NCC scores flat background as 0 (not as a match), which rewards transforms
-            that shrink the background and biases the scale of an affine fit; global NCC does
-            not, hence the default.
+        loss: ``"auto"`` (the default: ``"gncc"`` when the two contrasts are linearly related,
+            else ``"mi"``; judged at the first guess, see :mod:`morphreg.optimize._contrast`),
+            ``"gncc"`` (global correlation), ``"ncc"`` (local, window 9), ``"mse"``, ``"mi"``
+            (multimodal), or a callable ``(moved, fixed) -> scalar``. Local NCC scores flat
+            background as 0 (not as a match), which rewards transforms that shrink the
+            background and biases the scale of an affine fit; global NCC does not. Global
+            correlation on a T1/PD pair has its optimum away from the true alignment (10 degrees
+            and more on BrainWeb), hence the check.
         levels: pyramid levels (each halves the size; levels whose smallest side would fall
             below 16 voxels are skipped, so small images use fewer).
         iterations: Adam iterations per level, coarse to fine (an int is used for all).
@@ -328,52 +370,88 @@ def register_affine(
         moving_affine, fixed_affine: voxel-to-world matrices ``(ndim+1, ndim+1)`` (or batched;
             for 2D images also a NIfTI 4x4, whose slice plane gives the in-plane frame); identity
             when ``None``. They make ``rigid`` rigid in world units and give ``matrix_world``.
+        samples: at a level with more fixed voxels than this, the loss is scored on this many
+            of them, drawn at random once per level (fixed seed); ``None`` scores every voxel.
+            Only for the global similarities (``"gncc"``, ``"mi"``, ``"mse"``); local NCC and
+            callables always see whole images.
+        progress: called after every iteration with ``(level, n_levels, iteration,
+            n_iterations, loss, elapsed_s)``.
 
     Returns:
         :class:`AffineResult`.
     """
     fn = "morphreg.optimize.register_affine"
     check_choice(fn, "transform", transform, AFFINE_TRANSFORMS)
-    similarity = resolve_loss(fn, loss)
+    auto = isinstance(loss, str) and loss == "auto"
+    if not auto:
+        resolve_loss(fn, loss)
     lr = check_lr(fn, lr)
+    if samples is not None:
+        check_positive_int(fn, "samples", samples)
     if not isinstance(init, torch.Tensor):
         check_choice(fn, "init", init, [*AFFINE_INITS, "<tensor (B, ndim, ndim + 1)>"])
     moving, fixed, geo = _prepare(fn, moving, fixed, moving_affine, fixed_affine)
     plan = _pair_plan(fn, moving.shape[2:], fixed.shape[2:], levels, iterations)
+    pyramids = (pyramid(moving, [m for m, _, _ in plan]), pyramid(fixed, [f for _, f, _ in plan]))
     n = fixed.dim() - 2
+    m_shape, f_shape, _ = plan[0]
+    coarse = (pyramids[0][0], pyramids[1][0])
+    scales = (level_scale(moving.shape[2:], m_shape), level_scale(fixed.shape[2:], f_shape))
     if isinstance(init, torch.Tensor):
-        start = _init_from_matrix(fn, init, geo, n, fixed.shape[0])
+        candidates = [_init_from_matrix(fn, init, geo, n, fixed.shape[0])]
     else:
-        m_shape, f_shape, _ = plan[0]
-        start = _best_candidate(
-            initial_transforms(moving, fixed, geo, init, transform),
-            geo,
-            downsample(moving, m_shape),
-            downsample(fixed, f_shape),
-            similarity,
-            (level_scale(moving.shape[2:], m_shape), level_scale(fixed.shape[2:], f_shape)),
-        )
+        candidates = initial_transforms(moving, fixed, geo, init, transform)
+    if auto:  # judged at the first guess (centroids matched, or the matrix given)
+        with torch.no_grad():
+            loss = auto_loss(_candidate_moved(candidates[0], geo, *coarse, scales), coarse[1])
+    similarity = resolve_loss(fn, loss)
+    start = _best_candidate(candidates, geo, *coarse, similarity, scales) if len(candidates) > 1 else candidates[0]
 
     # one parameter unit moves the periphery (radius r) by one fine voxel
     params = _Params(fn, start, transform, geo.voxel_size / geo.radius, fixed.dtype, fixed.device)
-    history: list[float] = []
-    for m_shape, f_shape, steps in plan:
-        scale_m = level_scale(moving.shape[2:], m_shape)
-        scale_f = level_scale(fixed.shape[2:], f_shape)
-        left = (torch.linalg.inv(scale_matrix(scale_m)) @ geo.left).to(fixed.device, fixed.dtype)
-        right = (geo.right @ scale_matrix(scale_f)).to(fixed.device, fixed.dtype)
-        objective = partial(
-            _level_loss, params, left, right, downsample(moving, m_shape), downsample(fixed, f_shape), similarity
-        )
-        level_lr = lr * math.exp(sum(math.log(s) for s in scale_f) / n)
-        run_adam(params.tensors(), objective, steps, level_lr, history)
+    sampled = samples if isinstance(loss, str) and loss in SAMPLED_LOSSES else None
+    history = _optimise_levels(params, geo, plan, pyramids, similarity, (lr, sampled), progress)
 
     with torch.no_grad():
         matrix = _voxel_matrix(geo, params.matrix().detach().to(torch.float64).cpu())
         vox = matrix.to(fixed.device, fixed.dtype)
         moved, disp = _resample(moving, vox, fixed.shape[2:])
     world = matrix_to_world(matrix, geo.world_moving, geo.world_fixed)
-    return AffineResult(vox[:, :n].contiguous(), world, disp, moved, history)
+    name = loss if isinstance(loss, str) else "callable"
+    return AffineResult(vox[:, :n].contiguous(), world, disp, moved, history, name)
+
+
+def _optimise_levels(
+    params: _Params,
+    geo: Frames,
+    plan: list[tuple[list[int], list[int], int]],
+    pyramids: tuple[list[torch.Tensor], list[torch.Tensor]],
+    similarity: LossFn,
+    settings: tuple[float, int | None],
+    progress: ProgressFn | None,
+) -> list[float]:
+    """Adam on ``params`` level by level, coarse to fine; returns the loss history.
+
+    ``settings`` is ``(lr, samples)`` (see :func:`register_affine`).
+    """
+    lr, samples = settings
+    full_m, full_f = pyramids[0][-1].shape[2:], pyramids[1][-1].shape[2:]
+    n = len(full_f)
+    history: list[float] = []
+    clock = time.perf_counter()
+    for level, ((m_shape, f_shape, steps), moving_l, fixed_l) in enumerate(zip(plan, *pyramids)):
+        scale_m = level_scale(full_m, m_shape)
+        scale_f = level_scale(full_f, f_shape)
+        left = (torch.linalg.inv(scale_matrix(scale_m)) @ geo.left).to(fixed_l.device, fixed_l.dtype)
+        right = (geo.right @ scale_matrix(scale_f)).to(fixed_l.device, fixed_l.dtype)
+        objective = _level_objective(params, (left, right), moving_l, fixed_l, similarity, samples)
+        level_lr = lr * math.exp(sum(math.log(s) for s in scale_f) / n)
+        on_step = None
+        if progress is not None:
+            def on_step(it: int, value: float, level: int = level, steps: int = steps) -> None:
+                progress(level, len(plan), it, steps, value, time.perf_counter() - clock)
+        run_adam(params.tensors(), objective, steps, level_lr, history, on_step=on_step)
+    return history
 
 
 def _init_from_matrix(fn: str, init: torch.Tensor, geo: Frames, n: int, batch: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ iterations. Everything runs under ``torch.no_grad`` in the dtype and on the devi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import spatial
 from .._checks import check_number, check_positive_int
-from ._common import check_same_grid_pair, downsample, gaussian_blur, level_plan
+from ._common import ProgressFn, check_same_grid_pair, downsample, gaussian_blur, level_plan
 
 if TYPE_CHECKING:
     from ..models.vxm import RegistrationOutput
@@ -39,8 +39,6 @@ GREEDY_PRESETS: dict[str, dict[str, object]] = {
 #: Fields with more voxels than this are inverted coarse to fine (:func:`invert_disp_pyramid`).
 LARGE_FIELD = 2**20
 
-#: ``progress(level, n_levels, iteration, n_iterations, loss, elapsed_s)``
-ProgressFn = Callable[[int, int, int, int, float, float], None]
 
 
 class GreedyResult(NamedTuple):

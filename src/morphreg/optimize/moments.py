@@ -92,7 +92,7 @@ def initial_transforms(
     n = fixed.dim() - 2
     if init == "identity":
         return [identity_matrix(n + 1, batch)]
-    norm = torch.linalg.inv(geo.right) @ torch.linalg.inv(geo.frame_fixed)  # N (phys <- norm)
+    norm = geo.frame_fixed @ torch.linalg.inv(geo.right)  # N (phys <- norm): right = inv(N) @ F_f
     centre = norm[:, :n, n]
     radius = geo.radius.view(batch, 1)
     mean_f, cov_f = _physical_moments(fixed.expand(batch, *fixed.shape[1:]), geo.frame_fixed)

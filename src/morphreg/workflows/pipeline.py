@@ -37,7 +37,7 @@ Registration = Callable[[torch.Tensor, torch.Tensor], RegistrationOutput]
 ProgressFn = Callable[[int, int, int, int, float, float], None]
 
 #: Default similarity of each classical method.
-DEFAULT_LOSS = {"affine": "gncc", "rigid": "gncc", "dense": "ncc", "ffd": "ncc"}
+DEFAULT_LOSS = {"affine": "auto", "rigid": "auto", "dense": "ncc", "ffd": "ncc"}
 CLASSICAL_METHODS = ("affine", "rigid", "dense", "ffd")
 
 
@@ -110,12 +110,14 @@ class AffineRegistration:
     """
 
     transform: str = "affine"
-    loss: str = "gncc"
+    loss: str = "auto"
     grid_affine: np.ndarray | None = None
+    progress: ProgressFn | None = None
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         result = optimize.register_affine(moving, fixed, transform=self.transform, loss=self.loss,
-                                          moving_affine=self.grid_affine, fixed_affine=self.grid_affine)
+                                          moving_affine=self.grid_affine, fixed_affine=self.grid_affine,
+                                          progress=self.progress)
         return as_output(result.disp, matrix=result.matrix_voxel)
 
 
@@ -261,13 +263,13 @@ def classical_registration(
             field fitted with Adam.
         grid_affine: voxel -> world ``(4, 4)`` of the common grid (affine and rigid).
         schedule: levels and iterations of the greedy method.
-        progress: per-iteration callback of the greedy method.
+        progress: per-iteration callback of the affine, rigid and greedy methods.
     """
     if method not in CLASSICAL_METHODS:
         raise ValueError(f"unknown registration method {method!r}; expected one of {', '.join(CLASSICAL_METHODS)}")
     loss_name = loss or DEFAULT_LOSS[method]
     if method in ("affine", "rigid"):
-        return AffineRegistration(method, loss_name, grid_affine)
+        return AffineRegistration(method, loss_name, grid_affine, progress)
     if is_greedy(method, loss, weight):
         schedule = schedule or GreedySchedule.from_options()
         return GreedyRegistration(schedule.levels, schedule.iterations, progress)
