@@ -39,7 +39,7 @@ def read_warp(path: PathLike, fmt: str = "auto", name: str = "warp") -> io.WarpF
     except io.ImageReadError as err:
         if fmt == "auto" and "does not state its units" in str(err):
             raise ValueError(f"`{name}` '{path}' does not state its units or format; give `warp_format` itk for an "
-                             "ITK/ANTs field (LPS mm), or rewrite it with `morphreg register --warp`") from None
+                             "ITK/ANTs field (LPS mm), or rewrite it with morphreg register --warp") from None
         raise
 
 
