@@ -148,25 +148,20 @@ def check_distinct(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
                                 "so give the output another path")
 
 
-def _check_writable_place(flag: str, path: Path) -> None:
-    for place in path.parents:
+def _check_place(flag: str, target: Path, places: Iterable[Path], file_verb: str, folder_verb: str) -> None:
+    """The first existing path of ``places`` must be a writable folder (``target`` is what will be written)."""
+    for place in places:
         if place.exists():
             if not place.is_dir():
-                raise UserError(f"{flag}: cannot write '{path}': '{place}' is a file, not a folder")
+                raise UserError(f"{flag}: cannot {file_verb} '{target}': '{place}' is a file, not a folder")
             if not os.access(place, os.W_OK):
-                raise UserError(f"{flag}: cannot write '{path}': folder '{place}' is not writable")
+                raise UserError(f"{flag}: cannot {folder_verb} '{target}': folder '{place}' is not writable")
             return
 
 
 def check_folder_output(flag: str, folder: Path) -> None:
     """Fail before any work when an output folder can be neither used nor created."""
-    for place in (folder, *folder.parents):
-        if place.exists():
-            if not place.is_dir():
-                raise UserError(f"{flag}: cannot create '{folder}': '{place}' is a file, not a folder")
-            if not os.access(place, os.W_OK):
-                raise UserError(f"{flag}: cannot write in '{folder}': folder '{place}' is not writable")
-            return
+    _check_place(flag, folder, (folder, *folder.parents), "create", "write in")
 
 
 def check_outputs(args: argparse.Namespace, flags: Iterable[str], kinds: dict[str, str] | None = None) -> None:
@@ -189,7 +184,7 @@ def check_outputs(args: argparse.Namespace, flags: Iterable[str], kinds: dict[st
                 io.check_output_path(path, kinds[flag])
             except ValueError as err:
                 raise UserError(f"{flag}: {err}") from None
-        _check_writable_place(flag, path)
+        _check_place(flag, path, path.parents, "write", "write")
 
 
 def device_or_error(name: str) -> Any:

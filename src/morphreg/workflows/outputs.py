@@ -109,15 +109,15 @@ def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
     io.save_volume(result.moved, paths.moved, description=description)
     if paths.warp:
         _save_field(result.disp, paths.warp, pair, formats)
+    det = jacobian_map(result.disp) if paths.jacobian or paths.qc else None  # once for both outputs
     if paths.jacobian:
-        det = jacobian_map(result.disp).astype(np.float32)
-        io.save_volume(io.Volume(det, pair.fixed.affine, pair.fixed.header), paths.jacobian,
+        io.save_volume(io.Volume(det.astype(np.float32), pair.fixed.affine, pair.fixed.header), paths.jacobian,
                        description=f"morphreg {__version__}: Jacobian determinant of {Path(moving_path).name} to "
                                    f"{Path(fixed_path).name}")
     if paths.qc:
         from ..viz.qc import plot_qc
 
-        plot_qc(paths.qc, pair.fixed, pair.moving, result.moved, jacobian_map(result.disp),
+        plot_qc(paths.qc, pair.fixed, pair.moving, result.moved, det,
                 moved_seg=result.moved_seg, labels=formats.labels, names=formats.names)
     if paths.inverse_warp:
         inverse = result.inverse_disp if result.inverse_disp is not None else fixed_point_inverse(result.disp, report)

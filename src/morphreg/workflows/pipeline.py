@@ -54,13 +54,7 @@ def world_matrix(matrix: torch.Tensor, grid_affine: np.ndarray) -> np.ndarray:
     ``matrix`` is ``(1, ndim, ndim + 1)`` on a grid whose voxel -> world affine is ``grid_affine``
     (``(4, 4)``; both images live on it once the moving image is resampled onto the fixed grid).
     """
-    world = matrix_to_world(matrix, grid_affine, grid_affine)[0].numpy()
-    if world.shape != (4, 4):  # a 2D matrix without NIfTI affines: embed it, the slice axis mapped to itself
-        full = np.eye(4)
-        n = world.shape[0] - 1
-        full[:n, :n], full[:n, 3] = world[:n, :n], world[:n, n]
-        world = full
-    return world
+    return matrix_to_world(matrix, grid_affine, grid_affine)[0].numpy()  # a 2D matrix is lifted to 4x4
 
 
 def _chain(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
