@@ -103,3 +103,14 @@ def test_cli_dense_iterations_inverse_and_progress(tmp_path, capsys):
     assert "level" not in capsys.readouterr().err
     assert main([*argv[:-5], "--lambda", "1", "--iterations", "3"]) == 1
     assert "--preset/--levels/--iterations set the greedy dense method" in capsys.readouterr().err
+
+
+def test_greedy_registration_computes_the_inverse_only_when_asked():
+    from morphreg.workflows import pipeline
+
+    fixed, _ = _phantom(2, 32)
+    moving = spatial.warp(fixed, _smooth_disp(2, 32, 2.0))
+    schedule = pipeline.GreedySchedule(levels=1, iterations=(3,))
+    assert pipeline.classical_registration("dense", schedule=schedule)(moving, fixed).inverse_disp is None
+    both = pipeline.classical_registration("dense", schedule=schedule, inverse=True)(moving, fixed)
+    assert both.inverse_disp is not None and both.inverse_disp.shape == both.disp.shape

@@ -40,6 +40,7 @@ __all__ = [
     "ALIGN_CORNERS",
     "identity_grid",
     "warp",
+    "GridWarper",
     "sample",
     "compose",
     "integrate",
@@ -148,6 +149,43 @@ def warp(
     if integer_labels:
         moved = moved.round().to(image.dtype)
     return moved
+
+
+class GridWarper:
+    """Repeated linear pull-back warps on one grid, its identity and scale computed once.
+
+    ``GridWarper(shape, ...)(values, disp)`` equals ``warp(values, disp, padding=padding)`` for
+    floating-point ``values`` (to rounding), without rebuilding the identity grid nor re-checking
+    the arguments: the inner loop of iterative registration (:func:`morphreg.optimize.register_greedy`).
+
+    Args:
+        shape: spatial shape ``(*spatial)`` of every ``disp``.
+        device, dtype: of the tensors it will warp.
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        padding: str = "border",
+    ) -> None:
+        check_choice("morphreg.spatial.GridWarper", "padding", padding, PADDING_MODES)
+        shape = [int(s) for s in shape]
+        ndim = len(shape)
+        # grid_sample coordinates, channels first: (1, ndim, *spatial), channel 0 = last axis
+        self._base = _coords_to_grid(identity_grid(shape, device=device, dtype=dtype).unsqueeze(0), shape)
+        self._base = self._base.movedim(-1, 1).contiguous()
+        scale = [2.0 / max(s - 1, 1) for s in reversed(shape)]
+        self._scale = torch.tensor(scale, device=device, dtype=dtype).view(1, ndim, *([1] * ndim))
+        self.padding = padding
+
+    def __call__(self, values: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` ``values`` warped by ``(B, ndim, *spatial)`` ``disp`` (voxels)."""
+        grid = torch.addcmul(self._base, disp.flip(1), self._scale).movedim(1, -1)
+        return _grid_sample(values, grid, "linear", self.padding)
 
 
 def sample(

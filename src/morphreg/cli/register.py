@@ -217,7 +217,7 @@ def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any)
         schedule = pipeline.GreedySchedule.from_options(args.preset, args.levels, args.iterations)
         registration = pipeline.OnDevice(pipeline.classical_registration(
             method, loss=args.loss, weight=args.weight, grid_affine=pair.fixed.affine, schedule=schedule,
-            progress=_tqdm_progress(not args.quiet, method)), device)
+            progress=_tqdm_progress(not args.quiet, method), inverse=bool(args.inverse_warp)), device)
     if args.init_matrix or args.init_warp:
         disp, matrix = initial_transform(pair, moving_path=args.moving, init_matrix=args.init_matrix,
                                          init_warp=args.init_warp, matrix_format=args.matrix_format,

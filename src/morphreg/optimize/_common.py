@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import losses
 from .._checks import check_choice, check_number, check_pair, check_positive_int
 from ..spatial import TORCH_LINEAR
+from ._filters import gaussian_blur
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,36 +121,6 @@ def level_shapes(shape: Sequence[int], levels: int) -> list[list[int]]:
             break
         shapes.append(new)
     return shapes[::-1]
-
-
-def gaussian_blur(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, C, *spatial)`` with one sigma (voxels) per axis.
-
-    Borders are replicated; an axis with ``sigma <= 0`` is left alone.
-    """
-    ndim = image.dim() - 2
-    conv = getattr(F, f"conv{ndim}d")
-    channels = image.shape[1]
-    out = image
-    for axis, s in enumerate(sigma):
-        if s <= 0:
-            continue
-        radius = max(1, math.ceil(3.0 * s))
-        radius = min(radius, image.shape[2 + axis] - 1)
-        if radius < 1:
-            continue
-        taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-        kernel = torch.exp(-0.5 * (taps / s) ** 2)
-        kernel = kernel / kernel.sum()
-        shape = [1] * ndim
-        shape[axis] = kernel.numel()
-        weight = kernel.view(1, 1, *shape).expand(channels, 1, *shape)
-        pad = [0] * (2 * ndim)
-        # F.pad lists the last axis first
-        pad[2 * (ndim - 1 - axis)] = radius
-        pad[2 * (ndim - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=channels)
-    return out
 
 
 def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

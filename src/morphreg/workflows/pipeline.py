@@ -118,15 +118,16 @@ class AffineRegistration:
 @dataclass
 class GreedyRegistration:
     """Greedy diffeomorphic local-NCC registration (:func:`morphreg.optimize.register_greedy`),
-    with its own inverse."""
+    with its own inverse when ``inverse`` (about a third more time in 3D: ask only when needed)."""
 
     levels: int = 3
     iterations: tuple[int, ...] = (100, 50, 8)
     progress: ProgressFn | None = None
+    inverse: bool = False
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         result = optimize.register_greedy(moving, fixed, levels=self.levels, iterations=self.iterations,
-                                          progress=self.progress)
+                                          inverse=self.inverse, progress=self.progress)
         return as_output(result.disp, inverse_disp=result.inverse_disp)
 
 
@@ -247,6 +248,7 @@ def classical_registration(
     grid_affine: np.ndarray | None = None,
     schedule: GreedySchedule | None = None,
     progress: ProgressFn | None = None,
+    inverse: bool = False,
 ) -> Registration:
     """The optimisation-based registration ``method`` (``affine``, ``rigid``, ``dense``, ``ffd``).
 
@@ -258,6 +260,7 @@ def classical_registration(
         grid_affine: voxel -> world ``(4, 4)`` of the common grid (affine and rigid).
         schedule: levels and iterations of the greedy method.
         progress: per-iteration callback of the affine, rigid and greedy methods.
+        inverse: the greedy method also computes its inverse (``RegistrationOutput.inverse_disp``).
     """
     if method not in CLASSICAL_METHODS:
         raise ValueError(f"unknown registration method {method!r}; expected one of {', '.join(CLASSICAL_METHODS)}")
@@ -266,5 +269,5 @@ def classical_registration(
         return AffineRegistration(method, loss_name, grid_affine, progress)
     if is_greedy(method, loss, weight):
         schedule = schedule or GreedySchedule.from_options()
-        return GreedyRegistration(schedule.levels, schedule.iterations, progress)
+        return GreedyRegistration(schedule.levels, schedule.iterations, progress, inverse)
     return FieldOptimisation(method, loss_name, DEFAULT_WEIGHT[loss_name] if weight is None else weight)
