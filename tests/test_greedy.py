@@ -114,3 +114,21 @@ def test_greedy_registration_computes_the_inverse_only_when_asked():
     assert pipeline.classical_registration("dense", schedule=schedule)(moving, fixed).inverse_disp is None
     both = pipeline.classical_registration("dense", schedule=schedule, inverse=True)(moving, fixed)
     assert both.inverse_disp is not None and both.inverse_disp.shape == both.disp.shape
+
+
+def test_python_api_registers_with_the_greedy_method():
+    import morphreg
+
+    fixed, fixed_seg = _phantom(3, 32)
+    truth = _smooth_disp(3, 32, amplitude=2.0)
+    moving, moving_seg = spatial.warp(fixed, truth), spatial.warp(fixed_seg, truth, mode="nearest")
+    arrays = [t[0, 0].numpy() for t in (moving, fixed, moving_seg, fixed_seg)]
+    result = morphreg.register(arrays[0], arrays[1], method="dense", iterations=(20, 10),
+                               moving_seg=arrays[2], fixed_seg=arrays[3])
+    assert result.disp.shape == (3, 32, 32, 32) and result.moved.shape == (32, 32, 32)
+    assert result.metrics["dice"] > result.metrics["dice_before"] + 0.02
+    assert result.metrics["folding_pct"] == 0.0
+    with pytest.raises(ValueError, match="either 'model'"):
+        morphreg.register(arrays[0], arrays[1], "brain2d", method="dense")
+    with pytest.raises(ValueError, match="'preset' and 'iterations' set the greedy dense method"):
+        morphreg.register(arrays[0], arrays[1], method="dense", preset="fast", weight=1.0)

@@ -12,6 +12,7 @@ the fixed grid through the affines) as ``morphreg register`` does.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,34 +72,34 @@ def resolve_model(model: str | os.PathLike[str] | SavableModel, map_location: An
     return load_model(path, map_location=map_location)
 
 
-def register(
-    moving: ImageLike,
-    fixed: ImageLike,
-    model: str | os.PathLike[str] | SavableModel = "brain2d",
-    *,
-    weight: float | None = None,
-    moving_seg: ImageLike | None = None,
-    fixed_seg: ImageLike | None = None,
-    normalise: str | None = "model",
-    device: str = "cpu",
-) -> Registration:
-    """Register ``moving`` to ``fixed`` with a network in one forward pass.
+def _pair(moving: ImageLike, fixed: ImageLike, moving_seg: ImageLike | None, fixed_seg: ImageLike | None) -> Any:
+    """The inputs as a :class:`~morphreg.workflows.files.PairOnGrid` (arrays as they are, files
+    read and resampled onto the fixed grid as ``morphreg register`` does)."""
+    from .workflows.files import PairOnGrid, load_pair
 
-    Args:
-        moving, fixed: file paths (NIfTI, MGZ, NPZ, ...) or arrays ``(*spatial)`` of one shape.
-        model: a built-in model name (``morphreg.zoo.names()``), a run folder, a checkpoint, or
-            a loaded network.
-        weight: the smoothness weight λ of a HyperMorph model (default: the model's own);
-            refused for other models.
-        moving_seg, fixed_seg: optional label maps (paths or arrays) on their images' grids.
-        normalise: ``"model"`` (what the network was trained with), ``"minmax"``,
-            ``"percentile"`` or ``None`` (inputs taken as they are).
-        device: ``"cpu"`` or ``"cuda"``.
+    arrays = {name: _volume(value, name) for name, value in
+              (("moving", moving), ("fixed", fixed), ("moving_seg", moving_seg), ("fixed_seg", fixed_seg))}
+    if all(v is None for v in arrays.values()):
+        return load_pair(moving, fixed, moving_seg, fixed_seg,
+                         names={"moving": "moving", "fixed": "fixed", "moving_seg": "moving_seg",
+                                "fixed_seg": "fixed_seg"})
+    if not all(isinstance(v, np.ndarray) or v is None for v in (moving, fixed, moving_seg, fixed_seg)):
+        raise ValueError("morphreg.register: give all inputs as arrays or all as paths")
+    shapes = {name: v.shape for name, v in arrays.items() if v is not None}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"morphreg.register: the arrays must have one shape, got {shapes}")
+    for name in ("moving_seg", "fixed_seg"):
+        vol = arrays[name]
+        if vol is not None:
+            from .data import as_label_map
 
-    Returns:
-        :class:`Registration` (numpy arrays and plain numbers).
-    """
-    from .workflows.files import PairOnGrid, dice_before, load_pair, register_pair
+            vol.data = as_label_map(vol.data, f"argument '{name}'")
+    return PairOnGrid(arrays["moving"], arrays["fixed"], arrays["moving_seg"], arrays["fixed_seg"])
+
+
+def _network(model: str | os.PathLike[str] | SavableModel, weight: float | None, normalise: str | None,
+             device: str) -> tuple[Any, str | None, int]:
+    """A network registration, its input normalisation and its dimensionality."""
     from .workflows.pipeline import NetworkRegistration
 
     net = resolve_model(model, map_location=device)
@@ -109,30 +110,74 @@ def register(
         net.default_weight = net.check_weight(weight)
     if normalise == "model":
         normalise = net.metadata.get("normalise", "minmax")
-    arrays = {name: _volume(value, name) for name, value in
-              (("moving", moving), ("fixed", fixed), ("moving_seg", moving_seg), ("fixed_seg", fixed_seg))}
-    if any(v is not None for v in arrays.values()):
-        if not all(isinstance(v, np.ndarray) or v is None for v in (moving, fixed, moving_seg, fixed_seg)):
-            raise ValueError("morphreg.register: give all inputs as arrays or all as paths")
-        shapes = {name: v.shape for name, v in arrays.items() if v is not None}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"morphreg.register: the arrays must have one shape, got {shapes}")
-        segs = {}
-        for name in ("moving_seg", "fixed_seg"):
-            vol = arrays[name]
-            if vol is not None:
-                from .data import as_label_map
+    return NetworkRegistration(net, torch.device(device)), normalise, net.ndim
 
-                vol.data = as_label_map(vol.data, f"argument '{name}'")
-            segs[name] = vol
-        pair = PairOnGrid(arrays["moving"], arrays["fixed"], segs["moving_seg"], segs["fixed_seg"])
+
+def _classical(method: str, preset: str | None, iterations: Sequence[int] | None, weight: float | None,
+               grid_affine: np.ndarray, device: str) -> Any:
+    """An optimisation-based registration (the ``morphreg register --method`` ones), on ``device``."""
+    from .workflows import pipeline
+    from .workflows.device import resolve_device
+
+    schedule = None
+    if preset is not None or iterations is not None:
+        if not pipeline.is_greedy(method, None, weight):
+            raise ValueError("morphreg.register: 'preset' and 'iterations' set the greedy dense method "
+                             "(method='dense' without 'weight')")
+        schedule = pipeline.GreedySchedule.from_options(preset, None, iterations)
+    registration = pipeline.classical_registration(method, weight=weight, grid_affine=grid_affine, schedule=schedule)
+    return pipeline.OnDevice(registration, resolve_device(device))
+
+
+def register(
+    moving: ImageLike,
+    fixed: ImageLike,
+    model: str | os.PathLike[str] | SavableModel | None = None,
+    *,
+    method: str | None = None,
+    preset: str | None = None,
+    iterations: Sequence[int] | None = None,
+    weight: float | None = None,
+    moving_seg: ImageLike | None = None,
+    fixed_seg: ImageLike | None = None,
+    normalise: str | None = "model",
+    device: str = "cpu",
+) -> Registration:
+    """Register ``moving`` to ``fixed``: with a network in one forward pass, or with a classical method.
+
+    Args:
+        moving, fixed: file paths (NIfTI, MGZ, NPZ, ...) or arrays ``(*spatial)`` of one shape.
+        model: a built-in model name (``morphreg.zoo.names()``), a run folder, a checkpoint, or
+            a loaded network (default ``"brain2d"`` when no ``method`` is given).
+        method: instead of a network, ``"dense"`` (greedy diffeomorphic local NCC, 2D or 3D, no
+            training), ``"affine"``, ``"rigid"`` or ``"ffd"``: ``morphreg register --method``.
+        preset: ``"fast"`` (default) or ``"accurate"`` schedule of ``method="dense"``.
+        iterations: iterations per level of ``method="dense"``, coarse to fine (one level each).
+        weight: the smoothness weight λ of a HyperMorph model (default: the model's own);
+            refused for other models. With ``method="dense"`` it selects the velocity field
+            fitted with Adam instead of the greedy method, as ``--lambda`` does.
+        moving_seg, fixed_seg: optional label maps (paths or arrays) on their images' grids.
+        normalise: ``"model"`` (what the network was trained with; min-max for ``method``),
+            ``"minmax"``, ``"percentile"`` or ``None`` (inputs taken as they are).
+        device: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        :class:`Registration` (numpy arrays and plain numbers).
+    """
+    from .workflows.files import dice_before, register_pair
+
+    if method is not None and model is not None:
+        raise ValueError("morphreg.register: give either 'model' (a network) or 'method' (a classical method), "
+                         "not both")
+    pair = _pair(moving, fixed, moving_seg, fixed_seg)
+    if method is None:
+        registration, normalise, ndim = _network(model if model is not None else "brain2d", weight, normalise, device)
+        if ndim != pair.fixed.ndim:
+            raise ValueError(f"morphreg.register: the model is {ndim}D but the images are {pair.fixed.ndim}D")
     else:
-        pair = load_pair(moving, fixed, moving_seg, fixed_seg,
-                         names={"moving": "moving", "fixed": "fixed", "moving_seg": "moving_seg",
-                                "fixed_seg": "fixed_seg"})
-    if net.ndim != pair.fixed.ndim:
-        raise ValueError(f"morphreg.register: the model is {net.ndim}D but the images are {pair.fixed.ndim}D")
-    result = register_pair(pair, NetworkRegistration(net, torch.device(device)), normalise=normalise)
+        registration = _classical(method, preset, iterations, weight, np.asarray(pair.fixed.affine), device)
+        normalise = "minmax" if normalise == "model" else normalise
+    result = register_pair(pair, registration, normalise=normalise)
     disp = torch.from_numpy(result.disp)[None]
     scores = {"folding_pct": float(metrics.folding_fraction(disp)), "seconds": float(result.seconds)}
     if result.dice is not None and pair.moving_seg is not None and pair.fixed_seg is not None:
