@@ -30,10 +30,12 @@ def test_gaussian_blur_skips_zero_sigma_and_keeps_gradients():
     assert torch.autograd.gradcheck(lambda x: gaussian_blur(x, [0.7, 1.0]), (small,))
 
 
-def test_box_sum_is_exact_for_integers():
+@pytest.mark.parametrize("radius", [1, 2, 3, 4, 6])
+def test_box_sum_is_exact_for_integers(radius):
     image = torch.randint(0, 1000, (1, 2, 7, 8, 9)).double()
-    expected = ndimage.uniform_filter(image.numpy(), size=(1, 1, 5, 5, 5), mode="constant") * 125
-    assert torch.equal(box_sum(image, 2), torch.from_numpy(np.round(expected)))
+    width = 2 * radius + 1
+    expected = ndimage.uniform_filter(image.numpy(), size=(1, 1, width, width, width), mode="constant") * width**3
+    assert torch.equal(box_sum(image, radius), torch.from_numpy(np.round(expected)))
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -85,3 +87,16 @@ def test_local_ncc_ignores_texture_below_the_variance_floor():
         image[..., :8] = 0.5 + 3e-4 * torch.randn_like(image[..., :8])
     force = LocalNCC(fixed, 2).force(moved)[0]
     assert float(force[..., :5].abs().max()) < 0.02 * float(force[..., 12:].abs().max())
+
+
+def test_reuse_freed_memory_applies_on_linux_glibc():
+    import platform
+    import sys
+
+    import morphreg
+
+    applied = morphreg.reuse_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    else:
+        assert applied is False or applied is True

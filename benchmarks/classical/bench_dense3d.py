@@ -251,7 +251,7 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
                          f"{r['cpu_s'] / best['cpu_s']:.2f}, to the fastest peer ({fastest['method']}) "
                          f"{r['cpu_s'] / fastest['cpu_s']:.2f}")
     lines += ["", "Settings: morphreg dense = `register --method dense --preset fast|accurate` (greedy compositive "
-              "local NCC, radius 2, fluid sigma 1, elastic sigma 0.5, step 1 voxel, levels 4/2/1); morphreg affine = "
+              "local NCC, radius 4, fluid sigma 1, elastic sigma 0.5, step 1 voxel, levels 4/2/1); morphreg affine = "
               "`register --method affine` (defaults); ANTs = `ants.registration(type_of_transform=...)` defaults; "
               "SimpleITK = FastSymmetricForcesDemons after histogram matching (1024 levels, 7 points), pyramid 4/2/1 "
               "with 100/50/25 iterations, displacement-field sigma 1.5; FireANTs = GreedyRegistration defaults on "

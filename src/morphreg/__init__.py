@@ -6,6 +6,7 @@ then I/O, workflows and the command line.
 """
 
 from . import losses, metrics, spatial
+from ._allocator import reuse_freed_memory
 from .api import Registration, register
 from .models import RegistrationOutput, VxmDense, load_model
 
@@ -20,5 +21,6 @@ __all__ = [
     "losses",
     "metrics",
     "register",
+    "reuse_freed_memory",
     "spatial",
 ]

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from .. import __version__
+from .._allocator import reuse_freed_memory
 from . import demo, evaluate, models, register, segment, train, warp
 from ._common import DefaultsFormatter, Parser, UsageError, UserError, flag_names
 
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     run: Callable[[argparse.Namespace], int] = COMMANDS[args.command].run
+    reuse_freed_memory()
     try:
         return run(args)
     except KeyboardInterrupt:

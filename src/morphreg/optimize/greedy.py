@@ -7,6 +7,10 @@ of at most ``step`` voxels, composed onto the current transform, and the field i
 smoothed ("elastic"). Small smooth compositive steps keep the map invertible; the inverse is
 computed at the end by fixed-point iteration. Coarse to fine, with real full-resolution
 iterations. Everything runs under ``torch.no_grad`` in the dtype and on the device of the input.
+
+On the CPU, every iteration allocates full-size temporaries: call
+:func:`morphreg.reuse_freed_memory` once per process (the command line does) to make glibc
+reuse them instead of mapping fresh pages, about 1.5x faster in 3D.
 """
 
 from __future__ import annotations
@@ -181,7 +185,7 @@ def register_greedy(
     *,
     levels: int = 3,
     iterations: int | Sequence[int] = (100, 50, 8),
-    radius: int = 2,
+    radius: int = 4,
     step: float = 1.0,
     fluid_sigma: float = 1.0,
     elastic_sigma: float = 0.5,
@@ -195,7 +199,8 @@ def register_greedy(
             affinely first if needed.
         levels: pyramid levels, each halving the size (levels below 16 voxels are skipped).
         iterations: iterations per level, coarse to fine (an int is used for all).
-        radius: NCC window half-width (window ``2 radius + 1`` per axis).
+        radius: NCC window half-width (window ``2 radius + 1`` per axis; 4, as ANTs: on the OASIS
+            3D pair radius 2/3/4 gave Dice seg35 0.772/0.779/0.782 in the harder direction).
         step: largest update per iteration, in voxels of the current level.
         fluid_sigma: Gaussian sigma (voxels) smoothing each update.
         elastic_sigma: Gaussian sigma (voxels) smoothing the accumulated field.
