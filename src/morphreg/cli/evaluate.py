@@ -42,6 +42,9 @@ def add_parser(command: Any) -> None:
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to register (auto: cuda when available)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="network arithmetic: bf16 runs the U-Net in bfloat16 (for GPUs and CPUs with bf16 units; "
+                        "integration and warping stay float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -104,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = _pairs(args, model)
     labels = label_table(args.labels)
     names = labels.names if labels else None
-    summary = evaluate_pairs(NetworkRegistration(model, device), pairs, out, figures=args.figures,
+    registration = NetworkRegistration(model, device, precision=args.precision)
+    summary = evaluate_pairs(registration, pairs, out, figures=args.figures,
                              with_hd95=not args.no_hd95, progress=not args.no_progress, label_names=names)
     if info.is_main:
         _print_summary(summary)

@@ -114,6 +114,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to register (auto: cuda when available)")
+    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                   help="network arithmetic: bf16 runs the U-Net in bfloat16 (for GPUs and CPUs with bf16 units; "
+                        "integration and warping stay float32)")
 
 
 def add_parser(command: Any) -> None:
@@ -152,6 +155,8 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
     if (args.preset or args.levels or args.iterations) and not is_greedy(method, args.loss, args.weight):
         raise UserError("--preset/--levels/--iterations set the greedy dense method: use --method dense "
                         "(without --lambda, with --loss ncc)")
+    if args.precision != "float32" and method != "network":
+        raise UserError(f"--precision sets a network's arithmetic; --method {method} runs in float32")
     if args.levels and args.iterations and len(args.iterations) not in (1, args.levels):
         raise UserError(f"--iterations needs 1 or --levels ({args.levels}) values, got {len(args.iterations)}")
     if args.matrix and method not in ("affine", "rigid") and not args.affine:
@@ -203,7 +208,8 @@ def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any)
             apply_lambda(model, args.weight, "(without --optimize)")
         normalise = normalise_arg(args.normalise, model)
         plain = not (args.affine or args.affine_model or args.optimize)
-        registration: Any = pipeline.NetworkRegistration(model, device, inverse=bool(args.inverse_warp) and plain)
+        registration: Any = pipeline.NetworkRegistration(model, device, inverse=bool(args.inverse_warp) and plain,
+                                                          precision=args.precision)
         if args.affine_model:
             affine = pipeline.NetworkRegistration(_network(args, args.affine_model, "--affine-model", device,
                                                            pair.fixed.ndim), device)

@@ -138,4 +138,4 @@ class HyperVxmDense(VxmDense):
     ) -> RegistrationOutput:
         """Register ``moving`` to ``fixed`` with smoothness weight ``weight`` (default :attr:`default_weight`)."""
         self._check_inputs(moving, fixed)
-        return self._output(moving, fixed, self.predict_field(moving, fixed, weight))
+        return self._output(moving, fixed, self._field(moving, fixed, weight))

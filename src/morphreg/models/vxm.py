@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from .. import spatial
 from .._checks import check_choice, check_pair, check_positive_int
 from .checkpoint import SavableModel
 from .layers import UNet, channels_last, conv_class, crop_to, pad_to_multiple
+
+#: Arithmetic of the U-Net at inference (:meth:`VxmDense.set_precision`).
+PRECISIONS = ("float32", "bf16")
 
 
 class RegistrationOutput(NamedTuple):
@@ -101,6 +104,8 @@ class VxmDense(SavableModel):
         self.memory_format = channels_last(ndim)
         self.unet.to(memory_format=self.memory_format)
         self.flow.to(memory_format=self.memory_format)
+        #: ``"float32"`` or ``"bf16"``: the U-Net's arithmetic (see :meth:`set_precision`)
+        self.precision = "float32"
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         fn = "VxmDense.forward"
@@ -117,6 +122,24 @@ class VxmDense(SavableModel):
         field = self.flow(self.unet(pair.contiguous(memory_format=self.memory_format)))
         return field.contiguous()
 
+    def set_precision(self, precision: str) -> None:
+        """``"bf16"`` runs the U-Net under bfloat16 autocast (the field it predicts is cast back to
+        float32 before integration and warping, which stay float32); ``"float32"`` (default) does not.
+
+        A run-time setting, not saved with the model. Worth it where the hardware has bf16
+        arithmetic (CUDA GPUs, CPUs with AVX512-BF16/AMX); elsewhere it is emulated and slower.
+        """
+        check_choice(f"{type(self).__name__}.set_precision", "precision", precision, PRECISIONS)
+        self.precision = precision
+
+    def _field(self, moving: torch.Tensor, fixed: torch.Tensor, *condition: Any) -> torch.Tensor:
+        """:meth:`predict_field` in the model's :attr:`precision`, returned as float32 or as the inputs."""
+        if self.precision == "float32":
+            return self.predict_field(moving, fixed, *condition)
+        with torch.autocast(device_type=moving.device.type, dtype=torch.bfloat16):
+            field = self.predict_field(moving, fixed, *condition)
+        return field.to(moving.dtype)
+
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """Register ``moving`` to ``fixed``.
 
@@ -127,7 +150,7 @@ class VxmDense(SavableModel):
             :class:`RegistrationOutput`.
         """
         self._check_inputs(moving, fixed)
-        return self._output(moving, fixed, self.predict_field(moving, fixed))
+        return self._output(moving, fixed, self._field(moving, fixed))
 
     def _output(self, moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor) -> RegistrationOutput:
         """Integrate (diffeomorphic), crop and warp the raw network ``field`` on the padded grid."""

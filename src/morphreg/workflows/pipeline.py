@@ -70,11 +70,18 @@ class NetworkRegistration:
     """A trained network in inference mode on ``device``.
 
     ``inverse=True`` adds ``exp(-v)`` for diffeomorphic networks that do not return their inverse
-    (one more integration: asked for only when an inverse warp is written).
+    (one more integration: asked for only when an inverse warp is written). ``precision="bf16"``
+    runs the U-Net in bfloat16 (:meth:`morphreg.models.VxmDense.set_precision`).
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, *, inverse: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, *, inverse: bool = False,
+                 precision: str = "float32") -> None:
         self.model = model.to(device).eval()
+        if hasattr(self.model, "set_precision"):
+            self.model.set_precision(precision)
+        elif precision != "float32":
+            raise ValueError(f"`precision` {precision!r} needs a deformable network; {type(model).__name__} "
+                             "runs in float32 only")
         self.device = device
         self.inverse = inverse
 
