@@ -58,3 +58,12 @@ def test_cli_refuses_precision_for_classical_methods(tmp_path, capsys):
                  str(tmp_path / "f.nii.gz"), "--moved", str(tmp_path / "o.nii.gz"), "--precision", "bf16"])
     assert code == 2 or code == 1
     assert "--precision sets a network's arithmetic" in capsys.readouterr().err
+
+
+def test_python_api_takes_the_precision(oasis2d):
+    import morphreg
+
+    images = oasis2d["slice_norm"]
+    low = morphreg.register(images[300], images[301], "brain2d", precision="bf16")
+    reference = morphreg.register(images[300], images[301], "brain2d")
+    assert 0 < float(np.abs(low.disp - reference.disp).mean()) < 0.05

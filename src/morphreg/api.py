@@ -98,7 +98,7 @@ def _pair(moving: ImageLike, fixed: ImageLike, moving_seg: ImageLike | None, fix
 
 
 def _network(model: str | os.PathLike[str] | SavableModel, weight: float | None, normalise: str | None,
-             device: str) -> tuple[Any, str | None, int]:
+             device: str, precision: str) -> tuple[Any, str | None, int]:
     """A network registration, its input normalisation and its dimensionality."""
     from .workflows.pipeline import NetworkRegistration
 
@@ -110,7 +110,7 @@ def _network(model: str | os.PathLike[str] | SavableModel, weight: float | None,
         net.default_weight = net.check_weight(weight)
     if normalise == "model":
         normalise = net.metadata.get("normalise", "minmax")
-    return NetworkRegistration(net, torch.device(device)), normalise, net.ndim
+    return NetworkRegistration(net, torch.device(device), precision=precision), normalise, net.ndim
 
 
 def _classical(method: str, preset: str | None, iterations: Sequence[int] | None, weight: float | None,
@@ -142,6 +142,7 @@ def register(
     fixed_seg: ImageLike | None = None,
     normalise: str | None = "model",
     device: str = "cpu",
+    precision: str = "float32",
 ) -> Registration:
     """Register ``moving`` to ``fixed``: with a network in one forward pass, or with a classical method.
 
@@ -160,6 +161,7 @@ def register(
         normalise: ``"model"`` (what the network was trained with; min-max for ``method``),
             ``"minmax"``, ``"percentile"`` or ``None`` (inputs taken as they are).
         device: ``"cpu"`` or ``"cuda"``.
+        precision: ``"float32"`` or ``"bf16"`` (a network's U-Net in bfloat16, as ``--precision``).
 
     Returns:
         :class:`Registration` (numpy arrays and plain numbers).
@@ -171,7 +173,8 @@ def register(
                          "not both")
     pair = _pair(moving, fixed, moving_seg, fixed_seg)
     if method is None:
-        registration, normalise, ndim = _network(model if model is not None else "brain2d", weight, normalise, device)
+        registration, normalise, ndim = _network(model if model is not None else "brain2d", weight, normalise, device,
+                                                  precision)
         if ndim != pair.fixed.ndim:
             raise ValueError(f"morphreg.register: the model is {ndim}D but the images are {pair.fixed.ndim}D")
     else:
