@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import morphreg
 from benchmarks.common import fmt_s, interleaved, load_average, machine_facts, md_table, median, spread, write_result
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -307,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write docs/results/core.md")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default allocator (the command line calls morphreg.reuse_freed_memory)")
     parser.add_argument(
         "--shape3d",
         type=int,
@@ -318,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    allocator = "glibc default" if args.system_malloc else (
+        "freed blocks reused (`morphreg.reuse_freed_memory()`, as the command line)"
+        if morphreg.reuse_freed_memory() else "glibc default (reuse_freed_memory unavailable)")
     facts = machine_facts()
     started = time.perf_counter()
 
@@ -363,13 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command += f" --threads {args.threads}" * (args.threads != 2)
     if args.shape3d:  # (the f-string must not be built without --shape3d: it joins None)
         command += f" --shape3d {' '.join(map(str, args.shape3d))}"
-    command += " --write"
+    command += " --system-malloc" * args.system_malloc + " --write"
     report = f"""## Core benchmark (`benchmarks/speed/bench_core.py`)
 
 Generated {datetime.date.today().isoformat()} by
 `{command}` (total {elapsed / 60:.1f} min).
-CPU only, `torch.set_num_threads({args.threads})`. The machine is shared with other jobs, so absolute
-times drift by tens of percent: read the **ratios** (contenders timed in
+CPU only, `torch.set_num_threads({args.threads})`, allocator: {allocator}.
+The machine is shared with other jobs, so absolute times drift by tens of percent: read the **ratios** (contenders timed in
 the same process, round-robin with the order reversed every round, medians).
 
 ### Machine
