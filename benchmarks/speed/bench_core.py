@@ -375,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 Generated {datetime.date.today().isoformat()} by
 `{command}` (total {elapsed / 60:.1f} min).
 CPU only, `torch.set_num_threads({args.threads})`, allocator: {allocator}.
-The machine is shared with other jobs, so absolute times drift by tens of percent: read the **ratios** (contenders timed in
-the same process, round-robin with the order reversed every round, medians).
+The machine is shared with other jobs, so absolute times drift by tens of percent: read the
+**ratios** (contenders timed in the same process, round-robin with the order reversed every round, medians).
 
 ### Machine
 
