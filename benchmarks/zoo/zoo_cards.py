@@ -145,7 +145,8 @@ CARDS = {
             "fifth); the network is fully convolutional and registers 160 x 192 slices as they are.",
             "Why this recipe (the first one, 160 x 192, warps up to sd 4, lambda 1, stayed at identity):",
             "docs/results/synth2d.md.",
-            "45000 steps (2975 s); kept: best validation Dice on 32 synthesised pairs, step 41000, 0.746 (identity 0.595).",
+            "45000 steps (2975 s); kept: best validation Dice on 32 synthesised pairs, step 41000, 0.746",
+            "(identity 0.595).",
         ],
         "training_command": ["python -m benchmarks.zoo.zoo_train_synth --out RUN --steps 45000 --max-minutes 55 "
                              "--seed 0   # defaults: --shape 96 112 --max-std 8 --weight 0.3 --lr 1e-3",
