@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,15 @@ def test_synth_pairs_are_seeded_and_labelled():
     assert not torch.equal(data[2]["moving"], first["moving"])
     with pytest.raises(IndexError):
         data[5]
+
+
+def test_synth_pairs_max_std_sets_how_far_the_labels_move():
+    def overlap(max_std):
+        data = SynthPairs((48, 56), n_labels=6, length=6, seed=0, max_std=max_std)
+        items = [data[i] for i in range(6)]
+        return float(np.mean([(item["moving_seg"] == item["fixed_seg"]).float().mean() for item in items]))
+
+    assert overlap(0.0) == 1.0  # no warp: the same label map twice
+    assert overlap(2.0) > overlap(8.0) + 0.05
+    with pytest.raises(ValueError, match="max_std"):
+        SynthPairs((32, 48), max_std=-1)

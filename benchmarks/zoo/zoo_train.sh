@@ -36,7 +36,7 @@ for name in "${models[@]}"; do
         --steps 3000 --max-minutes 11 --out $R/brain2d-hyper-mse
       install+=(brain2d-hyper-mse=$R/brain2d-hyper-mse/last.pt) ;;
     synth2d)
-      python -m benchmarks.zoo.zoo_train_synth --out $R/synth2d --steps 4000 --max-minutes 15
+      python -m benchmarks.zoo.zoo_train_synth --out $R/synth2d --steps 45000 --max-minutes 55 --seed 0
       install+=(synth2d=$R/synth2d/model.pt) ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac

@@ -169,12 +169,16 @@ def random_deformation(gen: torch.Generator, shape: Sequence[int], max_std: floa
     return spatial.integrate(velocity, 7)
 
 
-def label_pair(gen: torch.Generator, shape: Sequence[int], n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Moving and fixed label maps ``(1, *shape)`` int64 in ``[0, n_labels)``: one set of shapes, two warps."""
+def label_pair(gen: torch.Generator, shape: Sequence[int], n_labels: int,
+               max_std: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moving and fixed label maps ``(1, *shape)`` int64 in ``[0, n_labels)``: one set of shapes, two warps.
+
+    ``max_std``: the largest velocity standard deviation (voxels) of each warp (:func:`random_deformation`).
+    """
     noise = _coarse_noise(gen, n_labels, shape, LABEL_SCALE * _uniform(gen, 0.5, 1.5))
     maps = []
     for _ in range(2):
-        warped = spatial.warp(noise, random_deformation(gen, shape))
+        warped = spatial.warp(noise, random_deformation(gen, shape, max_std))
         maps.append(warped.argmax(dim=1))
     return maps[0], maps[1]
 
@@ -225,9 +229,14 @@ class SynthPairs(Dataset):
             leaves it out, as it leaves out a real background).
         length: items per epoch.
         seed: random seed; item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
+        max_std: the largest velocity standard deviation (voxels) of each of the two random warps
+            of a pair; each pair draws its own in ``[0, max_std]`` (:func:`random_deformation`).
+            The coarse grids are fractions of ``shape``, so structures and warps have the same
+            size in voxels at every ``shape``: a smaller ``shape`` is a crop of the same world.
     """
 
-    def __init__(self, shape: Sequence[int], n_labels: int = 16, length: int = 10_000, seed: int = 0) -> None:
+    def __init__(self, shape: Sequence[int], n_labels: int = 16, length: int = 10_000, seed: int = 0,
+                 max_std: float = 4.0) -> None:
         fn = "morphreg.data.SynthPairs"
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) not in (2, 3) or min(self.shape) < 16:
@@ -236,7 +245,10 @@ class SynthPairs(Dataset):
             raise ValueError(f"{fn}: argument 'n_labels' must be an integer in [2, 64], got {n_labels!r}")
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"{fn}: argument 'length' must be an integer >= 1, got {length!r}")
+        if isinstance(max_std, bool) or not isinstance(max_std, (int, float)) or not 0 <= max_std <= 64:
+            raise ValueError(f"{fn}: argument 'max_std' must be a number in [0, 64], got {max_std!r}")
         self.n_labels = n_labels
+        self.max_std = float(max_std)
         self.length = length
         self.seed = int(seed)
         self.epoch = 0
@@ -255,7 +267,7 @@ class SynthPairs(Dataset):
             raise IndexError(f"morphreg.data.SynthPairs: index {index} out of range [0, {self.length})")
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
         gen = torch.Generator().manual_seed((int(state[0]) << 31 ^ int(state[1])) & ((1 << 63) - 1))
-        moving_seg, fixed_seg = label_pair(gen, self.shape, self.n_labels)
+        moving_seg, fixed_seg = label_pair(gen, self.shape, self.n_labels, self.max_std)
         return {
             "moving": synth_image(gen, moving_seg, self.n_labels),
             "fixed": synth_image(gen, fixed_seg, self.n_labels),
