@@ -85,7 +85,9 @@ def test_local_ncc_ignores_texture_below_the_variance_floor():
     moved = (fixed + 0.1 * torch.randn_like(fixed)).clamp(0, 1)
     for image in (fixed, moved):
         image[..., :8] = 0.5 + 3e-4 * torch.randn_like(image[..., :8])
-    force = LocalNCC(fixed, 2).force(moved)[0]
+    similarity = LocalNCC(fixed, 2)
+    assert float(similarity.var_j.min()) >= 1e-5 * 125 * (1 - 1e-6)  # the floor holds for the fixed image too
+    force = similarity.force(moved)[0]
     assert float(force[..., :5].abs().max()) < 0.02 * float(force[..., 12:].abs().max())
 
 

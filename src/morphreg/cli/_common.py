@@ -19,6 +19,13 @@ NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to th
                   "scale to [0, 1]; the default for training), minmax, or none; registration defaults to what the "
                   "network was trained with")
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    """``--precision float32|bf16`` of the commands that run a network."""
+    parser.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                        help="network arithmetic: bf16 runs the U-Net in bfloat16 (for GPUs and CPUs with bf16 "
+                             "units; integration and warping stay float32)")
 MAX_INT_STEPS = 20  # morphreg.spatial.MAX_INT_STEPS (kept here so that --help needs no torch import)
 
 

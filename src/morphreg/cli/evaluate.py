@@ -10,6 +10,7 @@ from ._common import (
     DEVICE_CHOICES,
     NORMALISE_HELP,
     UserError,
+    add_precision_flag,
     apply_lambda,
     check_folder_output,
     device_or_error,
@@ -42,9 +43,7 @@ def add_parser(command: Any) -> None:
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to register (auto: cuda when available)")
-    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
-                   help="network arithmetic: bf16 runs the U-Net in bfloat16 (for GPUs and CPUs with bf16 units; "
-                        "integration and warping stay float32)")
+    add_precision_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

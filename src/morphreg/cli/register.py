@@ -15,6 +15,7 @@ from ._common import (
     NORMALISE_HELP,
     UsageError,
     UserError,
+    add_precision_flag,
     apply_lambda,
     check_distinct,
     check_outputs,
@@ -114,9 +115,7 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to register (auto: cuda when available)")
-    p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
-                   help="network arithmetic: bf16 runs the U-Net in bfloat16 (for GPUs and CPUs with bf16 units; "
-                        "integration and warping stay float32)")
+    add_precision_flag(p)
 
 
 def add_parser(command: Any) -> None:

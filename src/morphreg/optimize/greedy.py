@@ -92,7 +92,7 @@ class LocalNCC:
         sums = box_sum(torch.cat([fixed, fixed * fixed], dim=1), radius)
         self.sum_j = sums[:, 0]
         self.mean_j = self.sum_j / self.n
-        self.var_j = torch.addcmul(sums[:, 1], self.mean_j, self.sum_j, value=-1.0).clamp_min_(eps)
+        self.var_j = torch.addcmul(sums[:, 1], self.mean_j, self.sum_j, value=-1.0).clamp_min_(self.eps)
         self.centred_j = fixed[:, 0] - self.mean_j
 
     def force(self, moved: torch.Tensor) -> tuple[torch.Tensor, float]:
