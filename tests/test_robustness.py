@@ -150,6 +150,20 @@ def test_batch_evaluation_splits_pairs_across_ranks(corpus, tmp_path):
     assert len(one) == 6 and one == two
 
 
+def test_every_command_tears_down_its_process_group(tmp_path):
+    """A torchrun rank left its gloo group to interpreter exit and could abort (SIGABRT) after succeeding."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(["models"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------
 # Issue 9, second round: the classes that are not a single refused command
 

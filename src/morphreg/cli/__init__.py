@@ -76,6 +76,14 @@ def _out_of_memory_line(err: BaseException) -> str:
             "machine with more memory")
 
 
+def shutdown_process_group() -> None:
+    """Tear down a torchrun process group, if this command made one (torch is not imported otherwise)."""
+    if "torch.distributed" in sys.modules:
+        from ..workflows.distributed import shutdown
+
+        shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
@@ -105,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"morphreg {args.command}: error: {_message(args.command, err)}", file=sys.stderr)
         return 1
+    finally:
+        shutdown_process_group()
 
 
 if __name__ == "__main__":
