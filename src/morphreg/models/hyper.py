@@ -24,7 +24,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import pad_to_multiple
@@ -115,22 +114,12 @@ class HyperVxmDense(VxmDense):
         bounds = torch.tensor([0, *self.widths]).cumsum(0).tolist()
         films = iter([(1 + scales[:, a:b].reshape(view), shifts[:, a:b].reshape(view))
                       for a, b in zip(bounds[:-1], bounds[1:])])
-        unet, skips = self.unet, []
 
-        def block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        def film_then_activate(block: nn.Module, conv_out: torch.Tensor) -> torch.Tensor:
             scale, shift = next(films)
-            return block[1](block[0](x) * scale + shift)
+            return block[1](conv_out * scale + shift)
 
-        for block in unet.encoder:
-            x = block_forward(block, x)
-            skips.append(x)
-            x = unet.pool(x)
-        for block in unet.decoder:
-            x = block_forward(block, x)
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = torch.cat([x, skips.pop()], dim=1)
-        for block in unet.remaining:
-            x = block_forward(block, x)
+        x = self.unet.run(x, film_then_activate)
         return self.flow(x).contiguous()
 
     def forward(

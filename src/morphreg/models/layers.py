@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import spatial
+from .upsample_conv import conv_upsampled
 
 
 def conv_class(ndim: int) -> type[nn.Module]:
@@ -73,19 +74,36 @@ class UNet(nn.Module):
             self.remaining.append(ConvBlock(ndim, prev, nf))
             prev = nf
         self.out_channels = prev
+        #: Compute each convolution after an upsampling at low resolution (the default; exact up to
+        #: rounding). ``False`` upsamples then convolves, as the paper writes it (kept for benchmarks).
+        self.upsample_at_low_resolution = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, lambda block, conv_out: block[1](conv_out))
+
+    def run(self, x: torch.Tensor, finish: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The U-Net with ``finish(block, conv_output)`` after each block's convolution (activation, FiLM...).
+
+        A convolution that follows an upsampling is computed at low resolution
+        (:func:`~morphreg.models.upsample_conv.conv_upsampled`; the same weights and result).
+        """
         skips = []
         for block in self.encoder:
-            x = block(x)
+            x = finish(block, block[0](x))
             skips.append(x)
             x = self.pool(x)
-        for block in self.decoder:
-            x = block(x)
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = torch.cat([x, skips.pop()], dim=1)
-        for block in self.remaining:
-            x = block(x)
+        skip = None
+        for block in [*self.decoder, *self.remaining]:
+            if skip is None:
+                conv_out = block[0](x)
+            elif self.upsample_at_low_resolution:
+                conv_out = conv_upsampled(block[0], x, skip)
+            else:
+                conv_out = block[0](torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1))
+            x = finish(block, conv_out)
+            skip = skips.pop() if skips else None
+        if skip is not None:  # as many decoder as encoder convs: the output is [upsampled, skip]
+            x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1)
         return x
 
 

@@ -1,0 +1,28 @@
+"""The decoder's convolution after nearest upsampling, computed at low resolution (models/upsample_conv.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("low_shape", [(5, 7), (3, 4, 5)])
+def test_conv_after_upsampling_is_computed_exactly_at_low_resolution(low_shape):
+    """conv(cat([nearest x2 upsample(low), skip])) at low resolution: the same output and gradients."""
+    from morphreg.models.upsample_conv import conv_upsampled
+
+    torch.manual_seed(0)
+    ndim = len(low_shape)
+    conv = getattr(torch.nn, f"Conv{ndim}d")(6 + 3, 4, 3, padding=1)
+    low = torch.randn(2, 6, *low_shape, requires_grad=True)
+    skip = torch.randn(2, 3, *[2 * n for n in low_shape], requires_grad=True)
+    upsampled = torch.nn.functional.interpolate(low, scale_factor=2.0, mode="nearest")
+    expected = conv(torch.cat([upsampled, skip], dim=1))
+    target = torch.randn_like(expected)
+    grads_expected = torch.autograd.grad((expected * target).sum(), [low, skip, conv.weight, conv.bias])
+    got = conv_upsampled(conv, low, skip)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad((got * target).sum(), [low, skip, conv.weight, conv.bias])
+    for g, e in zip(grads, grads_expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5)
