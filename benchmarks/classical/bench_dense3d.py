@@ -116,11 +116,16 @@ def run_fireants(p: dict[str, Path], out: Path) -> dict:
     fixed, moving = Image.load_file(str(p["fixed"]), device="cpu"), Image.load_file(str(p["moving"]), device="cpu")
     reg = GreedyRegistration([4, 2, 1], [200, 100, 50], BatchedImages([fixed]), BatchedImages([moving]))
     reg.optimize()
+    import nibabel as nib
+    import torch.nn.functional as F
+
     for name in ("seg35", "seg4"):
-        seg = Image.load_file(str(p[f"moving_{name}"]), device="cpu")
-        moved = reg.evaluate(BatchedImages([fixed]), BatchedImages([seg]))  # linear; round per label below
-        np.save(out / f"{name}_fireants.npy", moved.detach().numpy())
-    del torch
+        labels = BatchedImages([Image.load_file(str(p[f"moving_{name}"]), device="cpu")])
+        with torch.no_grad():  # FireANTs' own warped grid (align_corners=True, as its evaluate), nearest labels
+            grid = reg.get_warped_coordinates(BatchedImages([fixed]), labels)
+            moved = F.grid_sample(labels().float(), grid, mode="nearest", align_corners=True)
+        array = moved[0, 0].numpy().astype(np.int16).transpose(2, 1, 0)  # SimpleITK (z, y, x) -> NIfTI (x, y, z)
+        nib.save(nib.Nifti1Image(array, nib.load(p["fixed"]).affine), out / f"{name}.nii.gz")
     return {"fold": None}
 
 
