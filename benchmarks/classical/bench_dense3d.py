@@ -261,7 +261,8 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
               "`register --method affine` (defaults); ANTs = `ants.registration(type_of_transform=...)` defaults; "
               "SimpleITK = FastSymmetricForcesDemons after histogram matching (1024 levels, 7 points), pyramid 4/2/1 "
               "with 100/50/25 iterations, displacement-field sigma 1.5; FireANTs = GreedyRegistration defaults on "
-              "the CPU, scales 4/2/1, 200/100/50 iterations, stopped at the time limit.", ""]
+              "the CPU, scales 4/2/1, 200/100/50 iterations, under the time limit (--timeout); "
+              "moved labels by its own warped grid, nearest; folding not computed.", ""]
     args.report.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.report, "\n".join(lines))
 
