@@ -76,12 +76,12 @@ def _out_of_memory_line(err: BaseException) -> str:
             "machine with more memory")
 
 
-def shutdown_process_group() -> None:
+def shutdown_process_group(succeeded: bool) -> None:
     """Tear down a torchrun process group, if this command made one (torch is not imported otherwise)."""
     if "torch.distributed" in sys.modules:
         from ..workflows.distributed import shutdown
 
-        shutdown()
+        shutdown(succeeded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run: Callable[[argparse.Namespace], int] = COMMANDS[args.command].run
     reuse_freed_memory()
+    code = 1
     try:
-        return run(args)
+        code = run(args)
+        return code
     except KeyboardInterrupt:
         print(f"morphreg {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"morphreg {args.command}: error: {_message(args.command, err)}", file=sys.stderr)
         return 1
     finally:
-        shutdown_process_group()
+        shutdown_process_group(succeeded=code == 0)
 
 
 if __name__ == "__main__":
