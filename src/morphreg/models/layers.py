@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import spatial
-from .upsample_conv import conv_upsampled
+from .upsample_conv import channels_last, conv_upsampled  # noqa: F401  (channels_last: re-exported)
 
 
 def conv_class(ndim: int) -> type[nn.Module]:
@@ -30,11 +30,6 @@ class ConvBlock(nn.Sequential):
             conv_class(ndim)(in_channels, out_channels, 3, stride=stride, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
         )
-
-
-def channels_last(ndim: int) -> torch.memory_format:
-    """The channels-last memory format for ``ndim`` spatial dimensions."""
-    return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
 class UNet(nn.Module):

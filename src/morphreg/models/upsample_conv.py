@@ -25,7 +25,8 @@ from torch import nn
 _TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
 
 
-def _channels_last(ndim: int) -> torch.memory_format:
+def channels_last(ndim: int) -> torch.memory_format:
+    """The channels-last memory format for ``ndim`` spatial dimensions."""
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
@@ -70,9 +71,9 @@ class _AddPhases(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         ndim = len(ctx.low_shape)
-        grad = grad.contiguous(memory_format=_channels_last(ndim))
+        grad = grad.contiguous(memory_format=channels_last(ndim))
         view = _interleaved(grad, ctx.low_shape)
-        return (grad, *(view[_phase_index(phase)].movedim(-1, 1).contiguous(memory_format=_channels_last(ndim))
+        return (grad, *(view[_phase_index(phase)].movedim(-1, 1).contiguous(memory_format=channels_last(ndim))
                         for phase in _phases(ndim)))
 
 
@@ -91,7 +92,7 @@ def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> to
     channels = low.shape[1]
     convolve = getattr(F, f"conv{ndim}d")
     weight = conv.weight
-    out = convolve(skip, weight[:, channels:], conv.bias, padding=1).contiguous(memory_format=_channels_last(ndim))
+    out = convolve(skip, weight[:, channels:], conv.bias, padding=1).contiguous(memory_format=channels_last(ndim))
     padded = F.pad(low, (1, 1) * ndim)
     with torch.autocast(device_type=weight.device.type, enabled=False):  # the tap sums in the weights' precision
         kernels = [_phase_weight(weight[:, :channels], phase) for phase in _phases(ndim)]
