@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from .._allocator import reuse_freed_memory
-from . import demo, evaluate, models, register, segment, train, warp
+from . import demo, evaluate, models, register, segment, template, train, warp
 from ._common import DefaultsFormatter, Parser, UsageError, UserError, flag_names
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
 #: command name -> its module (``add_parser(command)`` and ``run(args) -> exit code``).
 COMMANDS = {"train": train, "register": register, "warp": warp, "evaluate": evaluate, "segment": segment,
-            "models": models, "demo": demo}
+            "template": template, "models": models, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

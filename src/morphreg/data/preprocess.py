@@ -46,6 +46,33 @@ def as_label_map(values: np.ndarray, what: str) -> np.ndarray:
     return values.astype(np.int32) if kind == "f" else values
 
 
+def intensity_range(x: np.ndarray, method: str = "minmax") -> tuple[float, float]:
+    """The ``(lo, hi)`` that :func:`normalise_intensity` maps to ``(0, 1)`` for image ``x`` ``(*spatial)``.
+
+    Lets another image (e.g. ``x`` warped) be put on the same scale with :func:`apply_range`.
+    """
+    fn = "morphreg.data.intensity_range"
+    if method not in NORMALISE_METHODS:
+        raise ValueError(f"{fn}: argument 'method' must be one of {list(NORMALISE_METHODS)}, got {method!r}")
+    values = np.asarray(x, dtype=np.float64)
+    if values.size == 0:
+        return 0.0, 0.0
+    if not np.isfinite(values).all():
+        raise ValueError(f"{fn}: argument 'x' contains NaN or inf")
+    if method == "minmax":
+        return float(values.min()), float(values.max())
+    lo, hi = (float(v) for v in np.percentile(values, _PERCENTILES))
+    return lo, hi
+
+
+def apply_range(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``x`` clipped to ``[lo, hi]`` and scaled to [0, 1] (float32; zeros when ``hi <= lo``)."""
+    values = np.asarray(x, dtype=np.float64)
+    if not hi > lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((np.clip(values, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
 def normalise_intensity(x: np.ndarray, method: str = "minmax") -> np.ndarray:
     """Scale one image to [0, 1].
 
@@ -65,11 +92,4 @@ def normalise_intensity(x: np.ndarray, method: str = "minmax") -> np.ndarray:
         return values.astype(np.float32)
     if not np.isfinite(values).all():
         raise ValueError(f"{fn}: argument 'x' contains NaN or inf")
-    if method == "minmax":
-        lo, hi = float(values.min()), float(values.max())
-    else:
-        lo, hi = (float(v) for v in np.percentile(values, _PERCENTILES))
-    if not hi > lo:
-        return np.zeros(values.shape, dtype=np.float32)
-    scaled = (np.clip(values, lo, hi) - lo) / (hi - lo)
-    return scaled.astype(np.float32)
+    return apply_range(values, *intensity_range(values, method))

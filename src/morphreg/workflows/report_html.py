@@ -74,3 +74,30 @@ def write_html_report(report_dir: str | Path, *, title: str = "morphreg evaluati
     path = folder / "report.html"
     io.save_text("\n".join(parts), path)
     return path
+
+
+def write_template_page(path: str | Path, strip_png: str | Path, log_csv: str | Path, *,
+                        title: str = "morphreg template") -> Path:
+    """Write the QC page of a template build: the per-iteration log table and the strip, embedded.
+
+    Args:
+        path: the page (``T/qc.html``).
+        strip_png: the template after each iteration (:func:`morphreg.viz.template.plot_template_iterations`).
+        log_csv: ``T/log.csv`` (one row per stage).
+
+    Returns:
+        ``path``; one self-contained file.
+    """
+    with open(log_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    data = base64.b64encode(Path(strip_png).read_bytes()).decode("ascii")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p>Iteration 0 is the affine average; each later one registers every subject to the previous "
+             "template. <code>mean_disp_norm</code> is the mean displacement of the subjects to the previous "
+             "template (voxels): the bias each update removes; it goes to ~0 as the template settles.</p>",
+             _table(rows[0], [[_number(c) for c in row] for row in rows[1:]]) if rows else "",
+             f"<img alt='template after each iteration' src='data:image/png;base64,{data}'>",
+             "</body></html>"]
+    io.save_text("\n".join(parts), path)
+    return Path(path)
