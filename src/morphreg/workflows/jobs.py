@@ -155,6 +155,14 @@ class PairJob:
         """Every output exists (each was written atomically, so it is complete)."""
         return all(p.exists() for p in self.output_files())
 
+    def remove_leftovers(self) -> None:
+        """Delete the hidden temporary files a killed run of this job left (call between runs)."""
+        from .._files import leftover_temporaries
+
+        for path in self.output_files():
+            for leftover in leftover_temporaries(path):
+                leftover.unlink(missing_ok=True)
+
     def run(self, resume: bool = False) -> JobStatus:
         return run_pair_job(self, resume=resume)
 

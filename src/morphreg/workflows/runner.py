@@ -205,6 +205,8 @@ class Engine:
         statuses: dict[int, JobStatus] = {}
         todo = []
         for job in jobs:
+            if resume and hasattr(job, "remove_leftovers"):
+                job.remove_leftovers()  # a killed earlier run's hidden temporaries (no writer runs now)
             if resume and job.finished():
                 statuses[job.row] = JobStatus(job.row, job.name, "skipped", "finished in an earlier run")
             else:
