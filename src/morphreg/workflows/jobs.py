@@ -328,7 +328,7 @@ def estimated_memory(job: Any, batch: int = 1) -> int:
     224 brain: about 2 GB with the process), 600 per voxel and pair for a network pass, plus
     400 MB for the process (Python, torch).
     """
-    voxels = 2_000_000
+    voxels = 1_000_000
     path = getattr(job, "fixed", None)
     if path:
         try:
