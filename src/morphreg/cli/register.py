@@ -87,7 +87,10 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
+    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
+                   help="affine pre-alignment (moments, then a multi-resolution optimisation) before the network or "
+                        "--method dense|ffd, composed into one warp (its matrix with --matrix); default: on for 3D "
+                        "--method dense|ffd on grids that differ without --init-matrix/--init-warp, else off")
     p.add_argument("--affine-model", default=None,
                    help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
     p.add_argument("--optimize", type=non_negative_int, default=0,
@@ -143,8 +146,14 @@ def _method(args: argparse.Namespace) -> str:
         raise UserError(f"--method {method} registers without a network; drop --model or --method")
     if args.moved_seg and not args.moving_seg:
         raise UserError("--moved-seg needs --moving-seg")
-    if (args.affine or args.affine_model) and method != "network":
-        raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    if args.affine_model and method != "network":
+        raise UserError("--affine-model prepends a learned alignment to a network: give --model, or use --affine "
+                        "with --method dense|ffd")
+    if args.affine and method in ("affine", "rigid"):
+        raise UserError(f"--affine prepends affine alignment to a deformable method; --method {method} is linear "
+                        "already: drop --affine")
+    if args.affine and args.affine_model:
+        raise UserError("give --affine (optimised) or --affine-model (learned), not both")
     return method
 
 
@@ -196,33 +205,45 @@ def _tqdm_progress(enabled: bool, name: str) -> Any:
     return progress
 
 
+def use_affine(args: argparse.Namespace, method: str, pair: Any) -> bool:
+    """Whether the affine stage runs: ``--affine``/``--no-affine`` as given, else
+    :func:`morphreg.workflows.pipeline.affine_by_default`."""
+    from ..workflows.pipeline import affine_by_default
+
+    if args.affine is not None:
+        return bool(args.affine)
+    return affine_by_default(method, pair.fixed.ndim, pair.resampled,
+                             initial=bool(args.init_matrix or args.init_warp or args.affine_model))
+
+
 def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any) -> tuple[Any, str | None]:
     """The registration the flags describe, and the intensity normalisation of its inputs."""
     from ..workflows import pipeline
     from ..workflows.warps import initial_transform
 
+    affine_first = use_affine(args, method, pair)
     if method == "network":
         model = _network(args, args.model, "--model", device, pair.fixed.ndim)
         if args.weight is not None and not args.optimize or hasattr(model, "check_weight"):
             apply_lambda(model, args.weight, "(without --optimize)")
         normalise = normalise_arg(args.normalise, model)
-        plain = not (args.affine or args.affine_model or args.optimize)
+        plain = not (affine_first or args.affine_model or args.optimize)
         registration: Any = pipeline.NetworkRegistration(model, device, inverse=bool(args.inverse_warp) and plain,
                                                           precision=args.precision)
         if args.affine_model:
             affine = pipeline.NetworkRegistration(_network(args, args.affine_model, "--affine-model", device,
                                                            pair.fixed.ndim), device)
             registration = pipeline.AffineThen(affine, registration)
-        elif args.affine:
-            affine = pipeline.AffineRegistration("affine", grid_affine=pair.fixed.affine,
-                                                 progress=_tqdm_progress(not args.quiet, "affine"))
-            registration = pipeline.AffineThen(pipeline.OnDevice(affine, device), registration)
     else:
         normalise = normalise_arg(args.normalise)
         schedule = pipeline.GreedySchedule.from_options(args.preset, args.levels, args.iterations)
         registration = pipeline.OnDevice(pipeline.classical_registration(
             method, loss=args.loss, weight=args.weight, grid_affine=pair.fixed.affine, schedule=schedule,
-            progress=_tqdm_progress(not args.quiet, method), inverse=bool(args.inverse_warp)), device)
+            progress=_tqdm_progress(not args.quiet, method),
+            inverse=bool(args.inverse_warp) and not affine_first), device)
+    if affine_first:
+        registration = pipeline.with_affine(registration, pair.fixed.affine, device,
+                                            progress=_tqdm_progress(not args.quiet, "affine"))
     if args.init_matrix or args.init_warp:
         disp, matrix = initial_transform(pair, moving_path=args.moving, init_matrix=args.init_matrix,
                                          init_warp=args.init_warp, matrix_format=args.matrix_format,
@@ -269,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     if pair.resampled:
         note("register", "note: moving and fixed grids differ (shape or affine); the moving image was resampled "
                          "onto the fixed grid through the affines")
+    if args.affine is None and use_affine(args, method, pair):
+        note("register", f"note: 3D grids differ: aligning affinely before --method {method} (--no-affine to skip)")
     registration, normalise = _registration(args, method, pair, device)
     result = register_pair(pair, registration, normalise=normalise)
     paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc)
