@@ -413,9 +413,10 @@ class TemplateDir:
 def _settings(subjects: Sequence[Subject], spec: RegistrationSpec, unbiased: bool) -> dict[str, Any]:
     spec_dict = asdict(spec)
     spec_dict.pop("device")  # where it runs does not change the result's meaning
-    return {"images": [str(s.image.resolve()) for s in subjects],
-            "segs": [str(s.seg.resolve()) if s.seg else None for s in subjects],
-            "registration": spec_dict, "unbiased": unbiased}
+    settings = {"images": [str(s.image.resolve()) for s in subjects],
+                "segs": [str(s.seg.resolve()) if s.seg else None for s in subjects],
+                "registration": spec_dict, "unbiased": unbiased}
+    return json.loads(json.dumps(settings))  # as read back from settings.json (tuples become lists)
 
 
 def _check_out(paths: TemplateDir, settings: dict[str, Any], resume: bool) -> None:
