@@ -210,50 +210,32 @@ def device_or_error(name: str) -> Any:
 
 def normalise_arg(value: str | None, model: Any = None) -> str | None:
     """The normalisation to apply: the flag, else the network's (legacy checkpoints: minmax)."""
-    if value is None:
-        if model is None:
-            return "percentile"
-        stored = getattr(model, "metadata", {}).get("normalise", "minmax")
-        if stored not in ("minmax", "percentile", None):
-            raise UserError(f"--model: the checkpoint records an unknown intensity normalisation {stored!r}; "
-                            "pass --normalise minmax|percentile|none")
-        return stored
-    return None if value == "none" else value
+    from ..workflows.spec import network_normalisation
+
+    try:
+        return network_normalisation(value, model)
+    except ValueError as err:
+        raise UserError(flag_names(str(err))) from None
 
 
 def load_network(path: str, device: Any, flag: str = "--model") -> Any:
     """A network from a run folder, a checkpoint or a built-in name; errors name ``flag``."""
-    from .. import zoo
-    from ..models import load_model
-    from ..models.checkpoint import CheckpointError
+    from ..workflows.spec import load_network as load
 
-    target = Path(path)
     try:
-        if not target.exists() and zoo.is_builtin(path):
-            return zoo.load(path, map_location=device)
-        if not target.exists() and not target.suffix and len(target.parts) == 1:
-            raise UserError(f"{flag} '{path}' is neither a run folder, a checkpoint nor a built-in model "
-                            f"(built-in: {', '.join(zoo.names()) or 'none'}; see `morphreg models`)")
-        if target.is_dir():
-            target = target / "model.pt"
-        return load_model(target, map_location=device)
-    except CheckpointError as err:
-        raise UserError(f"{flag}: {err}") from None
+        return load(path, device, flag[2:].replace("-", "_"))
+    except ValueError as err:
+        raise UserError(flag_names(str(err))) from None
 
 
 def apply_lambda(model: Any, weight: float | None, flag_context: str) -> None:
     """Set a HyperMorph network's lambda from --lambda; refuse --lambda for a network trained for one."""
-    if weight is None:
-        return
-    if not hasattr(model, "check_weight"):
-        context = f" {flag_context}" if flag_context else ""
-        raise UserError(f"--lambda {weight:g}{context}: --model was trained for one lambda "
-                        f"({model.metadata.get('weight', '?')}); only a HyperMorph model (train --hyper) takes "
-                        "--lambda")
+    from ..workflows.spec import set_lambda
+
     try:
-        model.default_weight = model.check_weight(weight)
+        set_lambda(model, weight, flag_context)
     except ValueError as err:
-        raise UserError(f"--lambda: {err}") from None
+        raise UserError(flag_names(str(err))) from None
 
 
 def label_table(path: str | None) -> Any:
@@ -281,3 +263,48 @@ def subject_names(*paths: str) -> tuple[str, ...]:
 def note(command: str, line: str) -> None:
     """A note on stderr: ``morphreg COMMAND: LINE``."""
     print(f"morphreg {command}: {flag_names(line)}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# many jobs: where they run (morphreg.workflows.runner)
+
+
+def add_runner_args(parser: argparse.ArgumentParser, what: str = "rows") -> None:
+    """``--workers``, ``--threads``, ``--scheduler``, ``--scheduler-timeout`` of the commands that run many jobs."""
+    parser.add_argument("--workers", default="auto",
+                        help=f"local worker processes for the {what}: auto (from the cores and the memory free, "
+                             "about 2 GB per 3D classical job; what was chosen is printed), or a number (1: this "
+                             "process)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads per job (default: the cores shared among the local workers; 1 per job "
+                             "on a --scheduler's workers)")
+    parser.add_argument("--scheduler", default=None,
+                        help=f"send the {what} to this Dask scheduler (tcp://HOST:8786, or a scheduler JSON file); "
+                             "default: the environment variable MORPHREG_SCHEDULER, else this machine")
+    parser.add_argument("--scheduler-timeout", type=positive_float, default=10.0,
+                        help="seconds to wait for the --scheduler to answer")
+
+
+def runner_from_args(args: argparse.Namespace, desc: str, progress: bool = True) -> Any:
+    """The :class:`~morphreg.workflows.runner.Runner` of the runner flags (checked, no connection yet)."""
+    from ..workflows.runner import MAX_LOCAL_WORKERS, SCHEDULER_ENV, Runner
+
+    text = str(args.workers).strip().lower()
+    workers = None
+    if text != "auto":
+        try:
+            workers = int(text)
+        except ValueError:
+            workers = 0
+        if not 1 <= workers <= MAX_LOCAL_WORKERS:
+            raise UserError(f"--workers {args.workers!r}: expected auto or an integer in [1, {MAX_LOCAL_WORKERS}] "
+                            "(local worker processes; give --scheduler to use more machines)")
+    scheduler = args.scheduler if args.scheduler is not None else os.environ.get(SCHEDULER_ENV)
+    if scheduler is not None and not scheduler.strip():
+        source = "--scheduler" if args.scheduler is not None else f"environment variable {SCHEDULER_ENV}"
+        raise UserError(f"{source} is empty; give a Dask scheduler address such as tcp://HOST:8786")
+    if scheduler and workers is not None:
+        raise UserError("--workers starts workers on this machine, --scheduler uses a cluster's: give one of them "
+                        f"(unset {SCHEDULER_ENV} to run locally)")
+    return Runner(workers=workers, threads=args.threads, scheduler=args.scheduler,
+                  connect_timeout=args.scheduler_timeout, progress=progress, desc=desc)

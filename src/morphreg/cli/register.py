@@ -16,16 +16,14 @@ from ._common import (
     UsageError,
     UserError,
     add_precision_flag,
-    apply_lambda,
+    add_runner_args,
     check_distinct,
     check_outputs,
     device_or_error,
     int_at_least,
     label_table,
-    load_network,
     non_negative_float,
     non_negative_int,
-    normalise_arg,
     note,
     positive_int,
     subject_names,
@@ -51,12 +49,14 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixed", default=None, help="fixed image: the target grid and anatomy")
     p.add_argument("--moved", default=None, help="output: moving image on the fixed grid")
     p.add_argument("--pairs", default=None,
-                   help="cohort: CSV moving,fixed[,moving_seg,fixed_seg] (paths relative to the CSV), registered with "
-                        "--model in batches into --out (instead of --moving/--fixed/--moved)")
+                   help="cohort: CSV moving,fixed[,moving_seg,fixed_seg][,name] (paths relative to the CSV), each row "
+                        "registered with --model (in batches) or --method into --out as <name>_moved.nii.gz, "
+                        "_warp.nii.gz, _moved_seg.nii.gz, _matrix.txt (affine); statuses in --out/cohort.csv")
     p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="cohort: pairs per network pass")
     p.add_argument("--resume", action="store_true", help="cohort: skip rows whose moved image exists in --out")
     p.add_argument("--no-progress", action="store_true", help="cohort: no progress bar")
+    add_runner_args(p)
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -164,73 +164,18 @@ def _check_method_flags(args: argparse.Namespace, method: str) -> None:
         raise UserError("give --init-matrix or --init-warp, not both")
 
 
-def _network(args: argparse.Namespace, path: str, flag: str, device: Any, ndim: int) -> Any:
-    model = load_network(path, device, flag)
-    if model.ndim != ndim:
-        raise UserError(f"{flag} is a {model.ndim}D network but the images are {ndim}D")
-    if flag == "--affine-model" and type(model).__name__ != "AffineNet":
-        raise UserError(f"--affine-model '{path}' holds a {type(model).__name__} (a deformable network), not an "
-                        "affine one; give a run of `morphreg train --model affine`, or pass it as --model")
-    return model
+def spec_from_args(args: argparse.Namespace, method: str) -> Any:
+    """The :class:`~morphreg.workflows.spec.RegistrationSpec` the flags describe (one pair or a cohort)."""
+    from ..workflows.spec import RegistrationSpec
 
-
-def _tqdm_progress(enabled: bool, name: str) -> Any:
-    """A per-iteration callback drawing one tqdm bar per pyramid level on stderr (``None`` when off)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    bars: dict[int, Any] = {}
-
-    def progress(level: int, n_levels: int, iteration: int, n_iterations: int, loss: float, elapsed: float) -> None:
-        if level not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[level] = tqdm(total=n_iterations, desc=f"{name} level {level + 1}/{n_levels}", leave=True)
-        bar = bars[level]
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", elapsed=f"{elapsed:.1f}s", refresh=False)
-        if iteration + 1 == n_iterations and level + 1 == n_levels:
-            bar.close()
-
-    return progress
-
-
-def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any) -> tuple[Any, str | None]:
-    """The registration the flags describe, and the intensity normalisation of its inputs."""
-    from ..workflows import pipeline
-    from ..workflows.warps import initial_transform
-
-    if method == "network":
-        model = _network(args, args.model, "--model", device, pair.fixed.ndim)
-        if args.weight is not None and not args.optimize or hasattr(model, "check_weight"):
-            apply_lambda(model, args.weight, "(without --optimize)")
-        normalise = normalise_arg(args.normalise, model)
-        plain = not (args.affine or args.affine_model or args.optimize)
-        registration: Any = pipeline.NetworkRegistration(model, device, inverse=bool(args.inverse_warp) and plain,
-                                                          precision=args.precision)
-        if args.affine_model:
-            affine = pipeline.NetworkRegistration(_network(args, args.affine_model, "--affine-model", device,
-                                                           pair.fixed.ndim), device)
-            registration = pipeline.AffineThen(affine, registration)
-        elif args.affine:
-            affine = pipeline.AffineRegistration("affine", grid_affine=pair.fixed.affine,
-                                                 progress=_tqdm_progress(not args.quiet, "affine"))
-            registration = pipeline.AffineThen(pipeline.OnDevice(affine, device), registration)
-    else:
-        normalise = normalise_arg(args.normalise)
-        schedule = pipeline.GreedySchedule.from_options(args.preset, args.levels, args.iterations)
-        registration = pipeline.OnDevice(pipeline.classical_registration(
-            method, loss=args.loss, weight=args.weight, grid_affine=pair.fixed.affine, schedule=schedule,
-            progress=_tqdm_progress(not args.quiet, method), inverse=bool(args.inverse_warp)), device)
-    if args.init_matrix or args.init_warp:
-        disp, matrix = initial_transform(pair, moving_path=args.moving, init_matrix=args.init_matrix,
-                                         init_warp=args.init_warp, matrix_format=args.matrix_format,
-                                         warp_format="itk" if args.warp_format == "itk" else "auto", key=args.npz_key)
-        registration = pipeline.WithInitial(registration, disp, matrix)
-    if args.optimize:
-        registration = pipeline.Refine(registration, args.optimize, args.loss or "ncc", args.weight)
-    return registration, normalise
+    return RegistrationSpec(
+        method=method, model=args.model if method == "network" else None, affine=bool(args.affine),
+        affine_model=args.affine_model, optimize=args.optimize, loss=args.loss, weight=args.weight,
+        preset=args.preset, levels=args.levels, iterations=tuple(args.iterations) if args.iterations else None,
+        normalise=args.normalise, precision=args.precision, inverse=bool(value_of(args, "--inverse-warp")),
+        init_matrix=value_of(args, "--init-matrix"), init_warp=value_of(args, "--init-warp"),
+        init_matrix_format=args.matrix_format, init_warp_format="itk" if args.warp_format == "itk" else "auto",
+        device=args.device, progress=not args.quiet and not args.pairs)
 
 
 def _print_dice(pair: Any, result: Any) -> None:
@@ -248,8 +193,8 @@ def _print_dice(pair: Any, result: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``morphreg register``."""
-    from ..workflows.files import load_pair, register_pair
-    from ..workflows.outputs import OutputFormats, OutputPaths, check_itk_plane, write_outputs
+    from ..workflows.jobs import PairJob, register_job
+    from ..workflows.outputs import OutputFormats, OutputPaths
 
     if args.pairs:
         from .cohort import run as run_cohort
@@ -262,20 +207,12 @@ def run(args: argparse.Namespace) -> int:
     check_distinct({flag: value_of(args, flag) for flag in OUTPUT_FLAGS},
                    {flag: value_of(args, flag) for flag in INPUT_FLAGS})
     device = device_or_error(args.device)
-    pair = load_pair(args.moving, args.fixed, args.moving_seg, args.fixed_seg, key=args.npz_key,
-                     resample=not args.no_resample)
-    if args.warp_format == "itk" and (args.warp or args.inverse_warp) or args.matrix_format == "itk" and args.matrix:
-        check_itk_plane(pair)
-    if pair.resampled:
-        note("register", "note: moving and fixed grids differ (shape or affine); the moving image was resampled "
-                         "onto the fixed grid through the affines")
-    registration, normalise = _registration(args, method, pair, device)
-    result = register_pair(pair, registration, normalise=normalise)
     paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc)
     formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, labels,
                             subject_names(args.moving, args.fixed))  # type: ignore[arg-type]
-    write_outputs(pair, result, paths, formats, moving_path=args.moving, fixed_path=args.fixed, key=args.npz_key,
-                  report=lambda line: note("register", line))
+    job = PairJob(1, "pair", args.moving, args.fixed, paths, spec_from_args(args, method), formats, args.moving_seg,
+                  args.fixed_seg, key=args.npz_key, resample=not args.no_resample)
+    pair, result = register_job(job, device=device, report=lambda line: note("register", line))
     print(f"registered in {result.seconds:.3f} s; moved image: {args.moved}")
     _print_dice(pair, result)
     return 0

@@ -176,6 +176,18 @@ def register_pair(pair: PairOnGrid, registration: Registration, *, normalise: st
     """
     output, seconds = run_timed(registration, network_input(pair.moving, normalise),
                                 network_input(pair.fixed, normalise))
+    return finish_registration(pair, output, seconds)
+
+
+def finish_registration(pair: PairOnGrid, output: Any, seconds: float) -> RegisteredPair:
+    """A :class:`RegisteredPair` from a registration's output for ``pair`` (batch size 1): the
+    field checked, the original moving intensities and labels warped once, Dice when both label
+    maps are given. :func:`register_pair` and the batched cohort (one network pass for many
+    pairs) both end here.
+
+    Raises:
+        FloatingPointError: the field (or its inverse) has NaN or infinite values.
+    """
     disp = output.disp.detach().float().cpu()
     check_finite_field(disp)
     inverse = output.inverse_disp

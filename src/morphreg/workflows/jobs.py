@@ -1,0 +1,333 @@
+"""One registration job: load a pair -> register -> write its outputs -> one status row.
+
+A cohort, an evaluation, an atlas segmentation and a template iteration are lists of such jobs;
+:mod:`morphreg.workflows.runner` runs the list (in this process, on local worker processes or on
+a Dask cluster). ``morphreg register`` with one pair calls :func:`register_job` too, so there is
+one copy of "load, register, write".
+
+* :class:`PairJob`: a picklable description (input files, :class:`~.outputs.OutputPaths`,
+  :class:`~.outputs.OutputFormats`, :class:`~.spec.RegistrationSpec`).
+* :func:`register_job`: runs it and raises on a bad input (the one-pair command);
+  :func:`run_pair_job`: runs it and never raises, returning a :class:`JobStatus` (``done``,
+  ``skipped`` with ``resume`` when every output exists, ``error`` with the message), so a
+  row that fails for its own reasons is reported once and never retried by a scheduler.
+* :func:`run_network_batch`: pairs of one shape through one network pass, then the same write
+  code; :func:`run_batch` picks it for a list of jobs that share a plain network.
+
+Every output is written atomically (:mod:`morphreg.io`), so a job killed mid-way leaves no
+half-written file; rerunning it (after a lost worker, or with ``resume``) writes the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+from .files import PairOnGrid, RegisteredPair, finish_registration, load_pair, network_input, register_pair, run_timed
+from .outputs import OutputFormats, OutputPaths, check_itk_plane, write_outputs
+from .spec import RegistrationSpec
+
+#: The statuses of a row (``pending``: not finished when the run stopped).
+STATUSES = ("done", "skipped", "error", "pending")
+#: Columns of a status table (``cohort.csv``).
+STATUS_COLUMNS = ("row", "name", "status", "message", "seconds", "dice", "peak_memory_mb", "worker")
+_RECOVERABLE = (ValueError, OSError, RuntimeError, FloatingPointError, MemoryError)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What one job did.
+
+    Attributes:
+        row: the job's row number (1 = first data row of a pairs CSV).
+        name: its output stem.
+        status: one of :data:`STATUSES`.
+        message: why it failed or was skipped (one line).
+        seconds: wall time of the job in its process (load, register, write).
+        dice: mean Dice of the moved labels against the fixed labels, when both are given.
+        peak_memory_mb: peak resident memory of the process that ran it, so far (MB).
+        worker: where it ran (a Dask worker address, or empty in this process).
+    """
+
+    row: int
+    name: str
+    status: str
+    message: str = ""
+    seconds: float = math.nan
+    dice: float = math.nan
+    peak_memory_mb: float = math.nan
+    worker: str = ""
+
+    def cells(self) -> list[str]:
+        """The row of the status table."""
+        def text(value: Any) -> str:
+            if isinstance(value, float):
+                return "" if math.isnan(value) else f"{value:.4g}"
+            return str(value)
+
+        return [text(getattr(self, f.name)) for f in fields(self)]
+
+
+class Job(Protocol):
+    """Anything the runner can run: a row number, a name, outputs, and ``run``."""
+
+    row: int
+    name: str
+
+    def finished(self) -> bool: ...
+
+    def run(self, resume: bool = False) -> JobStatus: ...
+
+
+class JobResult(NamedTuple):
+    """The pair as loaded and what its registration gave (:func:`register_job`)."""
+
+    pair: PairOnGrid
+    result: RegisteredPair
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def first_line(err: BaseException) -> str:
+    """One line for a failed job: the message's first line, with the type for unexpected errors."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, MemoryError):
+        return f"out of memory ({message or 'MemoryError'})"
+    if not isinstance(err, _RECOVERABLE) or not message:
+        return f"{type(err).__name__}: {message}".rstrip(": ")
+    return message
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (MB; Linux reports kB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """Register ``moving`` to ``fixed`` with ``spec`` and write ``outputs``.
+
+    Attributes:
+        row, name: the row number and output stem (for the status table).
+        moving, fixed, moving_seg, fixed_seg: input files (``None`` for an empty CSV cell: the
+            job fails with a message).
+        outputs, formats: where and how to write (:func:`morphreg.workflows.outputs.write_outputs`).
+        spec: the registration.
+        key: the array of ``.npz`` images.
+        resample: put a moving image on another grid onto the fixed one (else refuse the pair).
+        input_names: how messages name the four inputs (see :func:`~.files.load_pair`).
+    """
+
+    row: int
+    name: str
+    moving: str | None
+    fixed: str | None
+    outputs: OutputPaths
+    spec: RegistrationSpec
+    formats: OutputFormats = field(default_factory=OutputFormats)
+    moving_seg: str | None = None
+    fixed_seg: str | None = None
+    key: str | None = None
+    resample: bool = True
+    input_names: tuple[tuple[str, str], ...] = ()
+
+    def output_files(self) -> list[Path]:
+        """The files this job writes (the moved labels only with moving labels)."""
+        paths = self.outputs
+        names = [paths.moved, paths.warp, paths.matrix, paths.jacobian, paths.inverse_warp, paths.qc]
+        if self.moving_seg:
+            names.append(paths.moved_seg)
+        return [Path(p) for p in names if p]
+
+    def finished(self) -> bool:
+        """Every output exists (each was written atomically, so it is complete)."""
+        return all(p.exists() for p in self.output_files())
+
+    def run(self, resume: bool = False) -> JobStatus:
+        return run_pair_job(self, resume=resume)
+
+
+def load_job_pair(job: PairJob) -> PairOnGrid:
+    """The job's pair on the fixed grid (``ValueError`` for an empty cell or a bad file)."""
+    if not job.moving or not job.fixed:
+        raise ValueError("the moving or fixed cell is empty")
+    return load_pair(job.moving, job.fixed, job.moving_seg, job.fixed_seg, key=job.key, resample=job.resample,
+                     names=dict(job.input_names) or None)
+
+
+def _check_formats(job: PairJob, pair: PairOnGrid) -> None:
+    formats, paths = job.formats, job.outputs
+    if formats.warp_format == "itk" and (paths.warp or paths.inverse_warp) or \
+            formats.matrix_format == "itk" and paths.matrix:
+        check_itk_plane(pair)
+
+
+def register_job(job: PairJob, *, device: torch.device | None = None,
+                 report: Callable[[str], None] | None = None) -> JobResult:
+    """Load, register and write one pair; raise on any failure (nothing is written before the
+    registration succeeded, and every file is written atomically).
+
+    Args:
+        job: the pair and its outputs.
+        device: where to register (default: the spec's).
+        report: receives notes (a resampled moving image, a fixed-point inverse's residual).
+    """
+    report = report or _quiet
+    pair = load_job_pair(job)
+    _check_formats(job, pair)
+    if pair.resampled:
+        report("note: moving and fixed grids differ (shape or affine); the moving image was resampled onto the "
+               "fixed grid through the affines")
+    built = job.spec.build(pair, device, moving_path=job.moving, key=job.key)
+    result = register_pair(pair, built.registration, normalise=built.normalise)
+    write_outputs(pair, result, job.outputs, job.formats, moving_path=str(job.moving), fixed_path=str(job.fixed),
+                  key=job.key, report=report)
+    return JobResult(pair, result)
+
+
+def _mean_dice(result: RegisteredPair) -> float:
+    return float(torch.nanmean(result.dice.per_label)) if result.dice is not None else math.nan
+
+
+def _worker_name() -> str:
+    if "distributed" not in sys.modules:
+        return ""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not in a worker
+        return ""
+
+
+def _status(job: Any, status: str, start: float, message: str = "", dice: float = math.nan) -> JobStatus:
+    return JobStatus(job.row, job.name, status, message, time.perf_counter() - start, dice, peak_memory_mb(),
+                     _worker_name())
+
+
+def run_pair_job(job: PairJob, *, resume: bool = False) -> JobStatus:
+    """Run ``job``; never raises for the job's own failures (the status says ``error`` and why).
+
+    With ``resume``, a job whose outputs all exist is ``skipped``.
+    """
+    start = time.perf_counter()
+    if resume and job.finished():
+        return _status(job, "skipped", start, "finished in an earlier run")
+    try:
+        result = register_job(job).result
+    except Exception as err:  # noqa: BLE001 - any failure of this row is this row's status, never a retry
+        return _status(job, "error", start, first_line(err))
+    return _status(job, "done", start, dice=_mean_dice(result))
+
+
+def _by_shape(items: list[tuple[PairJob, PairOnGrid, float]]) -> list[list[tuple[PairJob, PairOnGrid, float]]]:
+    groups: dict[tuple[int, ...], list[tuple[PairJob, PairOnGrid, float]]] = {}
+    for item in items:
+        groups.setdefault(tuple(item[1].fixed.shape), []).append(item)
+    return list(groups.values())
+
+
+def _one_of(output: Any, index: int) -> Any:
+    """Pair ``index`` of a batched :class:`~morphreg.models.RegistrationOutput` (batch size 1)."""
+    return output._replace(**{name: value[index:index + 1] for name, value in output._asdict().items()
+                              if isinstance(value, torch.Tensor)})
+
+
+def run_network_batch(jobs: Sequence[PairJob], *, resume: bool = False) -> list[JobStatus]:
+    """Jobs sharing one plain network (``spec.batchable``): the pairs of one grid shape go through
+    one forward pass, then each is finished and written as :func:`register_job` does."""
+    statuses: list[JobStatus] = []
+    loaded: list[tuple[PairJob, PairOnGrid, float]] = []
+    for job in jobs:
+        start = time.perf_counter()
+        if resume and job.finished():
+            statuses.append(_status(job, "skipped", start, "finished in an earlier run"))
+            continue
+        try:
+            pair = load_job_pair(job)
+            _check_formats(job, pair)
+        except Exception as err:  # noqa: BLE001 - this row's status
+            statuses.append(_status(job, "error", start, first_line(err)))
+            continue
+        loaded.append((job, pair, time.perf_counter() - start))
+    for group in _by_shape(loaded):
+        start = time.perf_counter()
+        try:
+            built = group[0][0].spec.build(group[0][1])
+            moving = torch.cat([network_input(pair.moving, built.normalise) for _, pair, _ in group])
+            fixed = torch.cat([network_input(pair.fixed, built.normalise) for _, pair, _ in group])
+            output, seconds = run_timed(built.registration, moving, fixed)
+        except Exception as err:  # noqa: BLE001 - the whole group's status
+            statuses += [_status(job, "error", start, first_line(err)) for job, _, _ in group]
+            continue
+        share = (time.perf_counter() - start) / len(group)
+        for index, (job, pair, load_seconds) in enumerate(group):
+            row_start = time.perf_counter() - share - load_seconds
+            try:
+                result = finish_registration(pair, _one_of(output, index), seconds / len(group))
+                write_outputs(pair, result, job.outputs, job.formats, moving_path=str(job.moving),
+                              fixed_path=str(job.fixed), key=job.key, report=_quiet)
+            except Exception as err:  # noqa: BLE001 - this row's status
+                statuses.append(_status(job, "error", row_start, first_line(err)))
+                continue
+            statuses.append(_status(job, "done", row_start, dice=_mean_dice(result)))
+    return sorted(statuses, key=lambda s: s.row)
+
+
+def run_batch(jobs: Sequence[Any], resume: bool = False) -> list[JobStatus]:
+    """Run a batch of jobs in this process: one network pass when they share a plain network,
+    else one job after the other. Never raises for the jobs' own failures."""
+    jobs = list(jobs)
+    if len(jobs) > 1 and all(isinstance(j, PairJob) and j.spec.batchable and j.spec == jobs[0].spec for j in jobs):
+        return run_network_batch(jobs, resume=resume)
+    return [job.run(resume) for job in jobs]
+
+
+def write_status_table(path: str | Path, jobs: Iterable[Any], statuses: dict[int, JobStatus]) -> None:
+    """``path`` (a CSV, written atomically): one row per job in order, ``pending`` for the jobs
+    without a status (the run stopped before they finished)."""
+    from .._files import atomic_write
+
+    rows = [statuses.get(job.row) or JobStatus(job.row, job.name, "pending", "not finished when the run stopped")
+            for job in jobs]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(STATUS_COLUMNS)
+            writer.writerows(status.cells() for status in rows)
+
+    atomic_write(Path(path), write)
+
+
+def estimated_memory(job: Any, batch: int = 1) -> int:
+    """Bytes one task of ``batch`` such jobs needs, estimated from the fixed image's header.
+
+    About 300 bytes per voxel for a classical registration (the greedy method on a 160 x 192 x
+    224 brain: about 2 GB with the process), 600 per voxel and pair for a network pass, plus
+    400 MB for the process (Python, torch).
+    """
+    voxels = 2_000_000
+    path = getattr(job, "fixed", None)
+    if path:
+        try:
+            import nibabel as nib
+
+            voxels = math.prod(nib.load(str(path)).shape[:3])
+        except Exception:  # noqa: BLE001 - not a NIfTI/MGH, or unreadable: the job reports it; guess
+            pass
+    spec = getattr(job, "spec", None)
+    per_voxel = 600 * batch if spec is not None and spec.method == "network" else 300
+    return int(400e6 + per_voxel * voxels)
