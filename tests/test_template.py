@@ -15,17 +15,13 @@ from morphreg import io, spatial
 from morphreg.cli import main
 from morphreg.data import normalise_intensity, synthetic_shapes
 from morphreg.data.preprocess import apply_range, intensity_range
-from morphreg.workflows.template import (
-    RegistrationSpec,
-    TemplateDir,
-    average_and_update,
-    build_template,
-    in_process,
-    register_subject,
-)
+from morphreg.workflows.jobs import PairJob
+from morphreg.workflows.outputs import OutputPaths
+from morphreg.workflows.spec import RegistrationSpec
+from morphreg.workflows.template import TemplateDir, average_and_update, build_template, run_in_process
 
 AFFINE = np.array([[1.5, 0, 0, -20.0], [0, 1.0, 0, 10.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]])
-FAST = RegistrationSpec(iterations=(40, 20, 4))  # the greedy dense method, fewer iterations
+FAST = RegistrationSpec(method="dense", affine=True, iterations=(40, 20, 4))  # the greedy dense method, fewer iterations
 
 
 def _shift(image: np.ndarray, offset, mode: str = "linear") -> np.ndarray:
@@ -96,7 +92,7 @@ def test_mean_displacement_to_the_template_is_zero_only_with_the_update(shifted_
         disps = []
         for i, image in enumerate(_inputs(folder)[0]):
             job_dir = result.out / "check"
-            register_subject(_job(f"s{i}", image, result.out / "template.nii.gz", job_dir))
+            assert _job(f"s{i}", image, result.out / "template.nii.gz", job_dir).run().status == "done"
             disps.append(io.load_warp(job_dir / f"s{i}_warp.nii.gz").disp)
         mean = np.mean(disps, axis=0)[:, 8:-8, 8:-8]
         norm = float(np.linalg.norm(mean, axis=0).mean())
@@ -104,10 +100,9 @@ def test_mean_displacement_to_the_template_is_zero_only_with_the_update(shifted_
 
 
 def _job(name, moving, fixed, folder):
-    from morphreg.workflows.template import SubjectJob
-
-    return SubjectJob(name, str(moving), str(fixed), str(folder / f"{name}_moved.nii.gz"),
-                      str(folder / f"{name}_warp.nii.gz"), RegistrationSpec(method="affine", affine=False))
+    return PairJob(1, name, str(moving), str(fixed), OutputPaths(str(folder / f"{name}_moved.nii.gz"),
+                                                                 str(folder / f"{name}_warp.nii.gz")),
+                   RegistrationSpec(method="affine"))
 
 
 def test_the_log_shows_the_bias_going_to_zero(shifted_2d):
@@ -170,12 +165,13 @@ def test_runner_gets_picklable_jobs_and_3d_works(tmp_path):
     images, segs = _inputs(tmp_path)
     calls = []
 
-    def runner(function, jobs):
+    def runner(jobs):
         calls.append(len(jobs))
-        return in_process(function, [pickle.loads(pickle.dumps(job)) for job in jobs])
+        return run_in_process([pickle.loads(pickle.dumps(job)) for job in jobs])
 
-    result = build_template(images, segs, tmp_path / "T", RegistrationSpec(iterations=(20, 10, 2)), iterations=1,
-                            runner=runner)
+    result = build_template(images, segs, tmp_path / "T", RegistrationSpec(method="dense", affine=True,
+                                                                           iterations=(20, 10, 2)),
+                            iterations=1, runner=runner)
     assert calls == [4, 4]
     assert result.template.shape == (16, 20, 18) and result.template_seg.shape == (16, 20, 18)
     np.testing.assert_allclose(nib.load(TemplateDir(result.out).template).affine, AFFINE)
@@ -196,9 +192,9 @@ def test_resume_keeps_finished_iterations(tmp_path):
     paths.stage_template(1).unlink()  # as if killed during iteration 1
     calls = []
 
-    def runner(function, jobs):
+    def runner(jobs):
         calls.append(len(jobs))
-        return in_process(function, jobs)
+        return run_in_process(jobs)
 
     again = build_template(images, None, out, FAST, iterations=1, resume=True, runner=runner)
     assert paths.stage_template(0).stat().st_mtime_ns == stage0  # iteration 0 was not redone
@@ -214,7 +210,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     _population(tmp_path, (24, 28), [(-2, 1), (2, -1), (1, 2)])
     out = tmp_path / "T"
     code = main(["template", "--images", str(tmp_path / "img"), "--segs", str(tmp_path / "seg"), "--out", str(out),
-                 "--iterations", "1", "--threads", "1"])
+                 "--iterations", "1", "--threads", "1", "--workers", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "template of 3 images" in captured.out
@@ -223,7 +219,7 @@ def test_cli_end_to_end(tmp_path, capsys):
                  "subjects/s2_warp.nii.gz", "subjects/s2_logjac.nii.gz"):
         assert (out / name).is_file(), name
     assert main(["template", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "T2"), "--iterations", "0",
-                 "--quiet", "--method", "affine"]) == 0
+                 "--quiet", "--method", "affine", "--workers", "1"]) == 0
     assert "iteration" not in capsys.readouterr().err
     assert not (tmp_path / "T2" / "template_seg.nii.gz").exists()
 
