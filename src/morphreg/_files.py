@@ -9,6 +9,7 @@ failed write leaves no temporary file behind.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Callable
@@ -51,6 +52,15 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def leftover_temporaries(path: PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_write` left next to ``path`` when its process was killed
+    mid-write (hidden, never mistaken for ``path``; remove them once no writer can be running)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return sorted(path.parent.glob(f".{glob.escape(stem)}.????????.tmp{glob.escape(suffix)}"))
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UserError, check_folder_output, label_table, note, runner_from_args, value_of
+from ._common import (
+    UserError,
+    check_folder_output,
+    label_table,
+    load_network,
+    normalise_arg,
+    note,
+    runner_from_args,
+    value_of,
+)
 
 SINGLE_PAIR_FLAGS = ("--moving", "--fixed", "--moved", "--warp", "--moving-seg", "--moved-seg", "--fixed-seg",
                      "--matrix", "--jacobian", "--inverse-warp", "--qc", "--init-matrix", "--init-warp")
@@ -43,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         rows = read_cohort_csv(args.pairs)
     except ValueError as err:
         raise UserError(f"--pairs: {err}") from None
+    if method == "network":  # a bad --model / --affine-model fails once, before any row
+        normalise_arg(args.normalise, load_network(args.model, "cpu"))
+        if args.affine_model:
+            load_network(args.affine_model, "cpu", "--affine-model")
     formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, label_table(args.labels))
     matrix = method in ("affine", "rigid") or bool(args.affine or args.affine_model)
     jobs = cohort_jobs(rows, out, spec_from_args(args, method), formats, matrix=matrix)

@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import DEVICE_CHOICES, UserError, check_folder_output, device_or_error, load_network, normalise_arg, note
+from ._common import (
+    DEVICE_CHOICES,
+    UserError,
+    add_runner_args,
+    check_folder_output,
+    device_or_error,
+    load_network,
+    normalise_arg,
+    note,
+    runner_from_args,
+)
 
 
 def add_parser(command: Any) -> None:
@@ -26,6 +36,7 @@ def add_parser(command: Any) -> None:
                    help="intensity normalisation (default: the network's, else percentile)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the registration runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runner_args(p, "images")
 
 
 def _images(folder: Path) -> list[Path]:
@@ -40,28 +51,12 @@ def _images(folder: Path) -> list[Path]:
     return images
 
 
-def _make_registration(args: argparse.Namespace, device: Any) -> tuple[Any, str | None]:
-    """``(pair -> registration, normalisation)`` for --model or --method."""
-    from ..workflows import pipeline
-
-    if args.model:
-        model = load_network(args.model, device)
-        network = pipeline.NetworkRegistration(model, device)
-        return (lambda pair: network), normalise_arg(args.normalise, model)
-
-    def classical(pair: Any) -> Any:
-        return pipeline.OnDevice(pipeline.classical_registration(args.method, loss=args.loss, weight=args.weight,
-                                                                 grid_affine=pair.fixed.affine), device)
-
-    return classical, normalise_arg(args.normalise)
-
-
 def run(args: argparse.Namespace) -> int:
     """``morphreg segment``: exit 1 when any image failed (the others are still labelled)."""
-    from tqdm.auto import tqdm
-
     from .. import io
-    from ..workflows.segment import propagate_labels
+    from ..workflows.runner import run_jobs
+    from ..workflows.segment import SegmentJob
+    from ..workflows.spec import RegistrationSpec
 
     if len(args.atlas) != len(args.atlas_seg):
         raise UserError(f"give one --atlas-seg per --atlas (got {len(args.atlas)} --atlas and "
@@ -71,17 +66,16 @@ def run(args: argparse.Namespace) -> int:
     images = _images(Path(args.images))
     out = Path(args.out)
     check_folder_output("--out", out)
-    make_registration, normalise = _make_registration(args, device_or_error(args.device))
-    atlases = list(zip(args.atlas, args.atlas_seg))
-    failed = 0
-    for image in tqdm(images, disable=args.no_progress, unit="image", desc="segment"):
-        target = out / f"{io.split_ext(image)[0]}_seg.nii.gz"
-        try:
-            labels = propagate_labels(image, atlases, make_registration, normalise=normalise)
-        except (ValueError, OSError, RuntimeError, FloatingPointError) as err:
-            failed += 1
-            note("segment", f"{image.name}: {str(err).strip().splitlines()[0]}; skipped")
-            continue
-        io.save_volume(labels, target, description=f"morphreg segment: {len(atlases)} atlas(es)")
+    device = device_or_error(args.device)
+    if args.model:
+        normalise_arg(args.normalise, load_network(args.model, device))  # a bad --model fails before any work
+    runner = runner_from_args(args, "segment", progress=not args.no_progress)
+    spec = RegistrationSpec(method=args.method or "network", model=args.model, loss=args.loss, weight=args.weight,
+                            normalise=args.normalise, device=args.device)
+    atlases = tuple((str(a), str(s)) for a, s in zip(args.atlas, args.atlas_seg))
+    jobs = [SegmentJob(i, image.name, str(image), atlases, spec, str(out / f"{io.split_ext(image)[0]}_seg.nii.gz"))
+            for i, image in enumerate(images, 1)]
+    statuses = run_jobs(jobs, runner, report=lambda line: note("segment", line))
+    failed = sum(1 for s in statuses if s.status == "error")
     print(f"{len(images) - failed} label maps in {out} ({len(atlases)} atlas(es)); {failed} failed")
     return 0 if failed == 0 else 1

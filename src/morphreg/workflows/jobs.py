@@ -155,6 +155,14 @@ class PairJob:
         """Every output exists (each was written atomically, so it is complete)."""
         return all(p.exists() for p in self.output_files())
 
+    def remove_leftovers(self) -> None:
+        """Delete the hidden temporary files a killed run of this job left (call between runs)."""
+        from .._files import leftover_temporaries
+
+        for path in self.output_files():
+            for leftover in leftover_temporaries(path):
+                leftover.unlink(missing_ok=True)
+
     def run(self, resume: bool = False) -> JobStatus:
         return run_pair_job(self, resume=resume)
 
@@ -212,7 +220,8 @@ def _worker_name() -> str:
         return ""
 
 
-def _status(job: Any, status: str, start: float, message: str = "", dice: float = math.nan) -> JobStatus:
+def job_status(job: Any, status: str, start: float, message: str = "", dice: float = math.nan) -> JobStatus:
+    """The status of ``job`` (anything with ``row`` and ``name``) started at ``start`` (``perf_counter``)."""
     return JobStatus(job.row, job.name, status, message, time.perf_counter() - start, dice, peak_memory_mb(),
                      _worker_name())
 
@@ -224,12 +233,12 @@ def run_pair_job(job: PairJob, *, resume: bool = False) -> JobStatus:
     """
     start = time.perf_counter()
     if resume and job.finished():
-        return _status(job, "skipped", start, "finished in an earlier run")
+        return job_status(job, "skipped", start, "finished in an earlier run")
     try:
         result = register_job(job).result
     except Exception as err:  # noqa: BLE001 - any failure of this row is this row's status, never a retry
-        return _status(job, "error", start, first_line(err))
-    return _status(job, "done", start, dice=_mean_dice(result))
+        return job_status(job, "error", start, first_line(err))
+    return job_status(job, "done", start, dice=_mean_dice(result))
 
 
 def _by_shape(items: list[tuple[PairJob, PairOnGrid, float]]) -> list[list[tuple[PairJob, PairOnGrid, float]]]:
@@ -253,13 +262,13 @@ def run_network_batch(jobs: Sequence[PairJob], *, resume: bool = False) -> list[
     for job in jobs:
         start = time.perf_counter()
         if resume and job.finished():
-            statuses.append(_status(job, "skipped", start, "finished in an earlier run"))
+            statuses.append(job_status(job, "skipped", start, "finished in an earlier run"))
             continue
         try:
             pair = load_job_pair(job)
             _check_formats(job, pair)
         except Exception as err:  # noqa: BLE001 - this row's status
-            statuses.append(_status(job, "error", start, first_line(err)))
+            statuses.append(job_status(job, "error", start, first_line(err)))
             continue
         loaded.append((job, pair, time.perf_counter() - start))
     for group in _by_shape(loaded):
@@ -270,7 +279,7 @@ def run_network_batch(jobs: Sequence[PairJob], *, resume: bool = False) -> list[
             fixed = torch.cat([network_input(pair.fixed, built.normalise) for _, pair, _ in group])
             output, seconds = run_timed(built.registration, moving, fixed)
         except Exception as err:  # noqa: BLE001 - the whole group's status
-            statuses += [_status(job, "error", start, first_line(err)) for job, _, _ in group]
+            statuses += [job_status(job, "error", start, first_line(err)) for job, _, _ in group]
             continue
         share = (time.perf_counter() - start) / len(group)
         for index, (job, pair, load_seconds) in enumerate(group):
@@ -280,9 +289,9 @@ def run_network_batch(jobs: Sequence[PairJob], *, resume: bool = False) -> list[
                 write_outputs(pair, result, job.outputs, job.formats, moving_path=str(job.moving),
                               fixed_path=str(job.fixed), key=job.key, report=_quiet)
             except Exception as err:  # noqa: BLE001 - this row's status
-                statuses.append(_status(job, "error", row_start, first_line(err)))
+                statuses.append(job_status(job, "error", row_start, first_line(err)))
                 continue
-            statuses.append(_status(job, "done", row_start, dice=_mean_dice(result)))
+            statuses.append(job_status(job, "done", row_start, dice=_mean_dice(result)))
     return sorted(statuses, key=lambda s: s.row)
 
 

@@ -42,6 +42,8 @@ from .jobs import JobStatus, estimated_memory, first_line, run_batch
 SCHEDULER_ENV = "MORPHREG_SCHEDULER"
 #: Most local worker processes (beyond this, use a scheduler on several machines).
 MAX_LOCAL_WORKERS = 1024
+#: Tasks estimated below this many bytes (2D images) run in this process unless workers are asked for.
+AUTO_MIN_TASK_BYTES = 10**9
 
 
 def _stderr(line: str) -> None:
@@ -205,6 +207,8 @@ class Engine:
         statuses: dict[int, JobStatus] = {}
         todo = []
         for job in jobs:
+            if resume and hasattr(job, "remove_leftovers"):
+                job.remove_leftovers()  # a killed earlier run's hidden temporaries (no writer runs now)
             if resume and job.finished():
                 statuses[job.row] = JobStatus(job.row, job.name, "skipped", "finished in an earlier run")
             else:
@@ -329,10 +333,12 @@ def _local_cluster(runner: Runner, plan: Plan) -> Any:
 def plan_for(runner: Runner, tasks: int, memory_per_task: int, *, batched: bool = False) -> Plan:
     """The plan of a run (no connection): local, or ``cluster`` when a scheduler is named.
 
-    ``batched`` (network tasks): one process unless ``runner.workers`` asks for more; a network
-    on one device uses its cores best from one process with every thread.
+    Without ``runner.workers``, network tasks (``batched``) and small tasks (an estimate under
+    :data:`AUTO_MIN_TASK_BYTES`: 2D images) run in this process: a network on one device uses
+    its cores best from one process with every thread, and worker processes take seconds to
+    start, more than a small job lasts. ``runner.workers`` forces them.
     """
-    if batched and not runner.workers and not runner.scheduler_address():
+    if not runner.workers and not runner.scheduler_address() and (batched or memory_per_task < AUTO_MIN_TASK_BYTES):
         runner = replace(runner, workers=1)
     if runner.scheduler_address():
         return Plan("cluster", 0, runner.threads or 1, memory_per_task, f"on the Dask scheduler "

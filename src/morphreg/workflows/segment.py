@@ -7,14 +7,17 @@ smaller label value).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import io
-from .files import PairOnGrid, load_pair, register_pair
-from .pipeline import Registration
+from .files import load_pair, register_pair
+from .jobs import JobStatus, first_line, job_status
+from .spec import RegistrationSpec
 
 
 def majority_vote(label_maps: Sequence[np.ndarray]) -> np.ndarray:
@@ -34,17 +37,14 @@ def majority_vote(label_maps: Sequence[np.ndarray]) -> np.ndarray:
 def propagate_labels(
     image: str | Path,
     atlases: Sequence[tuple[str | Path, str | Path]],
-    make_register: Callable[[PairOnGrid], Registration],
-    *,
-    normalise: str | None,
+    spec: RegistrationSpec,
 ) -> io.Volume:
     """Labels for ``image`` from ``atlases`` (``(atlas image, atlas labels)`` pairs).
 
     Args:
         image: the image to segment (the fixed image of every registration).
         atlases: one or more atlas images with their label maps.
-        make_register: builds the registration for a loaded pair.
-        normalise: intensity normalisation of the registration inputs.
+        spec: the registration of each atlas to ``image``.
 
     Returns:
         The label map on ``image``'s grid (majority vote over the atlases).
@@ -54,7 +54,35 @@ def propagate_labels(
     for atlas, atlas_seg in atlases:
         pair = load_pair(atlas, image, atlas_seg, names={"moving": "`atlas`", "fixed": "image",
                                                          "moving_seg": "`atlas_seg`", "fixed_seg": "-"})
-        result = register_pair(pair, make_register(pair), normalise=normalise)
+        built = spec.build(pair, moving_path=atlas)
+        result = register_pair(pair, built.registration, normalise=built.normalise)
         votes.append(result.moved_seg.data)
         fixed = pair.fixed
     return io.Volume(majority_vote(votes), fixed.affine, fixed.header)
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Label ``image`` from ``atlases`` with ``spec`` and write ``output`` (one runner job)."""
+
+    row: int
+    name: str
+    image: str
+    atlases: tuple[tuple[str, str], ...]
+    spec: RegistrationSpec
+    output: str
+
+    def finished(self) -> bool:
+        return Path(self.output).exists()
+
+    def run(self, resume: bool = False) -> JobStatus:
+        """Never raises for this image's own failures (the status says ``error``)."""
+        start = time.perf_counter()
+        if resume and self.finished():
+            return job_status(self, "skipped", start, "finished in an earlier run")
+        try:
+            labels = propagate_labels(self.image, self.atlases, self.spec)
+            io.save_volume(labels, self.output, description=f"morphreg segment: {len(self.atlases)} atlas(es)")
+        except Exception as err:  # noqa: BLE001 - this image's status
+            return job_status(self, "error", start, first_line(err))
+        return job_status(self, "done", start)
