@@ -86,7 +86,8 @@ def _dice(predicted: Path, truth: Path) -> float:
 
 def _segment(atlas: Path, atlas_seg: Path, test: Path, out: Path, names: list[str]) -> dict[str, object]:
     timing = _run(["segment", "--atlas", str(atlas), "--atlas-seg", str(atlas_seg), "--images", str(test / "img"),
-                   "--out", str(out), "--method", "dense", "--no-progress"])
+                   "--out", str(out), "--method", "dense", "--no-progress", "--workers", "1",
+                   "--threads", "1"])
     scores = [_dice(out / f"{name}_seg.nii.gz", test / SEG / f"{name}.nii.gz") for name in names]
     return {"dice": scores, "mean": statistics.fmean(scores), "sd": statistics.stdev(scores), **timing}
 
