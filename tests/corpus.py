@@ -87,6 +87,7 @@ def build_corpus(d: Path) -> Path:
     main(["register", "--model", str(run), "--moving", str(good), "--fixed", str(d / "img" / "s1.nii.gz"),
           "--moved", str(d / "moved_ok.nii.gz"), "--warp", str(d / "warp2d.nii.gz")])
     build_second_round(d, images, labels, run)
+    build_third_round_template(d, images, labels)
     return d
 
 
@@ -358,3 +359,66 @@ SECOND_ROUND = [
                                             str(d / "out" / "moved.nii.gz")], r"contradicts itself about the units"),
 ]
 BAD_INPUTS += SECOND_ROUND
+
+
+def build_third_round_template(d: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Folders of images for ``morphreg template`` (issue 19): empty, mixed 2D/3D, one NaN, ..."""
+    folders = {name: d / f"tpl_{name}" for name in ("empty", "mixed", "nan", "one", "constant", "floatseg",
+                                                    "segshape", "dupes")}
+    for folder in folders.values():
+        folder.mkdir()
+    nii(folders["mixed"] / "a.nii.gz", images[0])
+    nii(folders["mixed"] / "b.nii.gz", np.random.default_rng(0).random((8, 8, 8)).astype(np.float32))
+    nii(folders["nan"] / "a.nii.gz", images[0])
+    nii(folders["nan"] / "b.nii.gz", np.where(images[1] > 0.5, np.nan, images[1]).astype(np.float32))
+    nii(folders["one"] / "a.nii.gz", images[0])
+    nii(folders["constant"] / "a.nii.gz", images[0])
+    nii(folders["constant"] / "b.nii.gz", np.full(SHAPE, 0.3, np.float32))
+    nii(folders["floatseg"] / "a.nii.gz", labels[0].astype(np.uint8))
+    nii(folders["floatseg"] / "b.nii.gz", labels[1].astype(np.float32) + 0.25)
+    nii(folders["segshape"] / "a.nii.gz", labels[0][:30].astype(np.uint8))
+    nii(folders["segshape"] / "b.nii.gz", labels[1][:30].astype(np.uint8))
+    nii(folders["dupes"] / "s0.nii.gz", images[0])
+    nii(folders["dupes"] / "s0.nii", images[1])
+
+
+def _template(d: Path, images: str = "two", *extra: str) -> list[str]:
+    return ["template", "--images", str(d / images), "--out", str(d / "out" / "T"), "--workers", "1", "--quiet",
+            *extra]
+
+
+# Issue 19, section 3: `morphreg template` refuses bad inputs with one line, before writing anything.
+# (A read-only --out is not among them: the suite runs as root, whom permissions do not stop.)
+THIRD_ROUND_TEMPLATE = [
+    ("template: empty --images folder", lambda d: _template(d, "tpl_empty"), r"--images '.*tpl_empty' holds no image files"),
+    ("template: --images not a folder", lambda d: _template(d, "img/s0.nii.gz"), r"--images '.*s0.nii.gz' is not a folder"),
+    ("template: one image", lambda d: _template(d, "tpl_one"), r"--images holds 1 image\(s\); a template needs at least 2"),
+    ("template: mixed 2D/3D", lambda d: _template(d, "tpl_mixed"),
+     r"--images '.*tpl_mixed/b.nii.gz' is 3D but '.*a.nii.gz' is 2D; every image of a template must have the same"),
+    ("template: NaN image", lambda d: _template(d, "tpl_nan"), r"tpl_nan/b.nii.gz.*NaN"),
+    ("template: constant image", lambda d: _template(d, "tpl_constant"), r"--images '.*b.nii.gz' is a constant image"),
+    ("template: two files, one name", lambda d: _template(d, "tpl_dupes"), r"have the same name 's0'"),
+    ("template: segs count mismatch", lambda d: _template(d, "img", "--segs", str(d / "segs_few")),
+     r"--segs holds 3 label maps but --images holds 8 images"),
+    ("template: float label map", lambda d: _template(d, "two", "--segs", str(d / "tpl_floatseg")),
+     r"--segs '.*tpl_floatseg/b.nii.gz' must be an integer label map"),
+    ("template: label map on another grid", lambda d: _template(d, "two", "--segs", str(d / "tpl_segshape")),
+     r"--segs '.*tpl_segshape/a.nii.gz' \(shape \(30, 40\)\) is not on the grid of its image"),
+    ("template: --segs not a folder", lambda d: _template(d, "two", "--segs", str(d / "seg/s0.nii.gz")),
+     r"--segs '.*s0.nii.gz' is not a folder"),
+    ("template: --out holds other files", lambda d: [*_template(d)[:4], str(d / "evalout"), *_template(d)[5:]],
+     r"--out '.*evalout' already holds files \(pairs.csv\); pass --resume to continue that build"),
+    ("template: --resume in a folder of something else", lambda d: [*_template(d)[:4], str(d / "evalout"),
+                                                                    *_template(d)[5:], "--resume"],
+     r"--out '.*evalout' holds files but no settings.json of a template build; cannot resume it"),
+    ("template: --out under a file", lambda d: [*_template(d)[:4], str(d / "img/s0.nii.gz/T"), *_template(d)[5:]],
+     r"--out: cannot create .* is a file, not a folder"),
+    ("template: 3D network for 2D images", lambda d: _template(d, "two", "--model", str(d / "model3d.pt")),
+     r"--model is a 3D network but the images are 2D"),
+    ("template: --model and --method", lambda d: _template(d, "two", "--model", str(d / "run"), "--method", "dense"),
+     r"--method dense registers without a network; drop --model or --method"),
+    ("template: --workers 0", lambda d: _template(d, "two", "--workers", "0"), r"--workers '0': expected auto or an"),
+    ("template: --device cuda without CUDA", lambda d: _template(d, "two", "--device", "cuda"),
+     r"--device cuda: CUDA is not available"),
+]
+BAD_INPUTS += THIRD_ROUND_TEMPLATE

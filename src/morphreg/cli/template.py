@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,11 @@ from ._common import (
     DEVICE_CHOICES,
     NORMALISE_HELP,
     UserError,
+    add_runner_args,
     check_folder_output,
     int_at_least,
     non_negative_float,
     note,
-    positive_int,
 )
 
 
@@ -42,7 +43,7 @@ def add_parser(command: Any) -> None:
                    help="register deformably only in the iterations (default: affine first, composed)")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None, help=NORMALISE_HELP)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="where the registrations run")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    add_runner_args(p, "registrations")
     p.add_argument("--resume", action="store_true", help="continue a build in --out (finished iterations and "
                                                          "subjects are kept)")
     p.add_argument("--keep-intermediate", action="store_true",
@@ -51,34 +52,28 @@ def add_parser(command: Any) -> None:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from ..workflows.template import RegistrationSpec
-    from ._common import normalise_arg
+    """The registration of the iterations (``--method``/``--model``), checked before any work."""
+    from ..workflows.spec import RegistrationSpec
 
     if args.model and args.method:
         raise UserError(f"--method {args.method} registers without a network; drop --model or --method")
     if args.model and (args.loss or args.weight is not None):
         raise UserError("--loss/--lambda set a --method; a --model registers as it was trained")
-    if args.model:
-        from ._common import load_network
-
-        model = load_network(args.model, "cpu")
-        return RegistrationSpec(method="network", model=args.model, affine=not args.no_affine,
-                                normalise=normalise_arg(args.normalise, model), device=args.device), model
-    return RegistrationSpec(method=args.method or "dense", loss=args.loss, weight=args.weight,
-                            affine=not args.no_affine, normalise=normalise_arg(args.normalise),
-                            device=args.device), None
+    method = "network" if args.model else args.method or "dense"
+    return RegistrationSpec(method=method, model=args.model, affine=not args.no_affine and method not in
+                            ("affine", "rigid"), loss=args.loss, weight=args.weight, normalise=args.normalise,
+                            device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     """``morphreg template``."""
+    from ..workflows.jobs import PairJob, estimated_memory
+    from ..workflows.outputs import OutputPaths
+    from ..workflows.runner import open_engine
     from ..workflows.template import build_template
-    from ._common import device_or_error
+    from ._common import device_or_error, runner_from_args
     from .segment import _images
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     images = _images(Path(args.images))
     segs = None
     if args.segs:
@@ -89,16 +84,24 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_folder_output("--out", out)
     device_or_error(args.device)
-    spec, model = _spec(args)
-    if model is not None:
-        from .. import io
-
-        ndim = io.load_volume(images[0]).ndim
-        if model.ndim != ndim:
-            raise UserError(f"--model is a {model.ndim}D network but the images are {ndim}D")
+    spec = _spec(args)
+    runner = runner_from_args(args, "template", progress=not args.quiet)
     report = None if args.quiet else (lambda line: note("template", line))
-    result = build_template(images, segs, out, spec, args.iterations, unbiased=True, resume=args.resume,
-                            keep_intermediate=args.keep_intermediate, report=report)
+    memory = estimated_memory(PairJob(1, "probe", str(images[0]), str(images[0]), OutputPaths("-"), spec))
+    say = (lambda line: None) if args.quiet else (lambda line: note("template", line))
+    with ExitStack() as stack:
+        engines: list[Any] = []
+
+        def run_jobs(jobs: Any) -> Any:
+            """The engine starts with the first registrations, after every input was checked."""
+            if not engines:
+                engines.append(stack.enter_context(open_engine(
+                    runner, tasks=len(jobs), memory_per_task=memory, report=lambda line: note("template", line),
+                    say=say)))
+            return engines[0].run_jobs(jobs, batch_size=8 if spec.batchable else 1, resume=True)
+
+        result = build_template(images, segs, out, spec, args.iterations, runner=run_jobs, resume=args.resume,
+                                keep_intermediate=args.keep_intermediate, report=report)
     last = result.log[-1]
     print(f"template of {len(result.subjects)} images in {result.out} ({len(result.log) - 1} iteration(s) after the "
           f"affine average, {result.seconds:.1f} s); last mean displacement to the previous template "

@@ -23,11 +23,12 @@ zero up to the residual of the inverse. The log-Jacobian of each (the input of t
 morphometry) and, with label maps, the majority vote of the warped label maps
 (:func:`morphreg.workflows.segment.majority_vote`) are written beside it.
 
-Every registration is one job (``subject -> current template``: load, register, write the warp
-and the moved image) handed to a ``runner``: any ``map``-like callable
-``runner(function, jobs) -> results`` (in process by default; local worker processes or a Dask
-scheduler in the command line). Jobs are picklable and idempotent: a job whose outputs exist is
-skipped, so ``resume=True`` continues a killed build where it stopped.
+Every registration is one :class:`~morphreg.workflows.jobs.PairJob` (``subject -> current
+template``: load, register, write the moved image and the warp; the one job of every cohort)
+handed to a ``runner(jobs) -> statuses`` (in process by default; the command line passes the
+engine of :mod:`morphreg.workflows.runner`: local worker processes or a Dask scheduler). Jobs are
+picklable and idempotent: a job whose outputs exist is skipped, so ``resume=True`` continues a
+killed build where it stopped.
 
 Files (``out`` = ``T``): ``T/template.nii.gz`` (written last), ``T/template_seg.nii.gz``,
 ``T/subjects/<name>_warp.nii.gz`` and ``<name>_logjac.nii.gz``, ``T/log.csv`` (one row per
@@ -45,7 +46,6 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -57,127 +57,35 @@ from .._files import atomic_write_text
 from ..data import as_label_map
 from ..data.preprocess import apply_range, intensity_range
 from ..inverse import invert_disp
-from .pipeline import Registration
+from .jobs import JobStatus, PairJob
+from .outputs import OutputPaths
+from .spec import RegistrationSpec
 
 PathLike = str | Path
 
-#: ``runner(function, jobs) -> results``, in the order of ``jobs`` (``map``-like).
-Runner = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]]
+#: ``runner(jobs) -> statuses``: runs :class:`~.jobs.PairJob` s (idempotently: a job whose outputs
+#: exist is skipped) and returns their :class:`~.jobs.JobStatus` in job order; e.g.
+#: ``lambda jobs: engine.run_jobs(jobs, resume=True)`` of :func:`morphreg.workflows.runner.open_engine`.
+JobRunner = Callable[[Sequence[PairJob]], Sequence[JobStatus]]
 
 #: Determinants below this are clipped before the log (``<= 0`` is folding).
 LOGJAC_FLOOR = 1e-3
 
 
-def in_process(function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-    """The default runner: the jobs one after the other in this process."""
-    return [function(job) for job in jobs]
+def run_in_process(jobs: Sequence[PairJob]) -> list[JobStatus]:
+    """The default runner: the jobs one after the other in this process (finished ones skipped)."""
+    return [job.run(resume=True) for job in jobs]
 
 
-# ---------------------------------------------------------------------------------------------
-# the registration of one subject to the template: picklable settings and the job
+def affine_stage(spec: RegistrationSpec) -> RegistrationSpec:
+    """The registration of the affine stage: affine, with ``spec``'s normalisation and device."""
+    return RegistrationSpec(method="affine", normalise=spec.normalise, device=spec.device)
 
 
-@dataclass(frozen=True)
-class RegistrationSpec:
-    """How a subject is registered to the template, as picklable settings (each worker builds it).
-
-    Attributes:
-        method: ``"dense"``, ``"ffd"``, ``"affine"``, ``"rigid"`` or ``"network"`` (with ``model``).
-        model: run folder, checkpoint or built-in name of a network (``method="network"``).
-        loss, weight: similarity and smoothness of a classical method (defaults: the method's).
-        iterations: iterations per level of the greedy dense method (default its fast preset).
-        affine: affine alignment first (composed with the deformable field into one warp).
-        normalise: intensity normalisation of the registration inputs (and of the averaged images).
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-    """
-
-    method: str = "dense"
-    model: str | None = None
-    loss: str | None = None
-    weight: float | None = None
-    iterations: tuple[int, ...] | None = None
-    affine: bool = True
-    normalise: str | None = "percentile"
-    device: str = "cpu"
-
-    def affine_only(self) -> RegistrationSpec:
-        """The settings of the affine stage (same normalisation and device)."""
-        return RegistrationSpec(method="affine", affine=False, normalise=self.normalise, device=self.device)
-
-    def describe(self) -> str:
-        """A short name for logs, e.g. ``affine + dense``."""
-        name = f"network {self.model}" if self.method == "network" else self.method
-        return f"affine + {name}" if self.affine and self.method not in ("affine", "rigid") else name
-
-    def build(self, grid_affine: np.ndarray) -> Registration:
-        """The registration ``(moving, fixed) -> RegistrationOutput`` on the template grid."""
-        from . import pipeline
-        from .device import resolve_device
-
-        device = resolve_device(self.device)
-        if self.method == "network":
-            if not self.model:
-                raise ValueError("`method` network needs `model`")
-            registration: Registration = pipeline.NetworkRegistration(_network(self.model, str(device)), device)
-        else:
-            schedule = pipeline.GreedySchedule.from_options(iterations=self.iterations) if self.iterations else None
-            registration = pipeline.OnDevice(pipeline.classical_registration(
-                self.method, loss=self.loss, weight=self.weight, grid_affine=grid_affine, schedule=schedule), device)
-        if self.affine and self.method not in ("affine", "rigid"):
-            affine = pipeline.OnDevice(pipeline.AffineRegistration("affine", grid_affine=grid_affine), device)
-            registration = pipeline.AffineThen(affine, registration)
-        return registration
-
-
-@lru_cache(maxsize=4)
-def _network(model: str, device: str) -> torch.nn.Module:
-    """A network loaded once per process (a worker reuses it for all its jobs)."""
-    from .. import zoo
-    from ..models import load_model
-
-    path = Path(model)
-    if not path.exists() and zoo.is_builtin(model):
-        return zoo.load(model, map_location=device)
-    return load_model(path / "model.pt" if path.is_dir() else path, map_location=device)
-
-
-@dataclass(frozen=True)
-class SubjectJob:
-    """Register ``moving`` to the template ``fixed``; write ``warp`` then ``moved`` (the last file)."""
-
-    name: str
-    moving: str
-    fixed: str
-    moved: str
-    warp: str
-    spec: RegistrationSpec
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """What one job did: ``ok``, ``skipped`` (its outputs existed), seconds, the error's first line."""
-
-    name: str
-    ok: bool
-    seconds: float = 0.0
-    skipped: bool = False
-    error: str = ""
-
-
-def register_subject(job: SubjectJob) -> JobStatus:
-    """Run one :class:`SubjectJob` (idempotent: skipped when its moved image exists)."""
-    from .files import load_pair, register_pair
-
-    if Path(job.moved).exists() and Path(job.warp).exists():
-        return JobStatus(job.name, True, skipped=True)
-    try:
-        pair = load_pair(job.moving, job.fixed)
-        result = register_pair(pair, job.spec.build(pair.fixed.affine), normalise=job.spec.normalise)
-        io.save_warp(result.disp, job.warp, pair.fixed.affine, header=pair.fixed.header)
-        io.save_volume(result.moved, job.moved, description=f"morphreg {__version__}: {job.name} to the template")
-    except (ValueError, OSError, RuntimeError, FloatingPointError) as err:
-        return JobStatus(job.name, False, error=str(err).strip().splitlines()[0] if str(err).strip() else repr(err))
-    return JobStatus(job.name, True, seconds=result.seconds)
+def describe(spec: RegistrationSpec) -> str:
+    """A short name of a registration for the log, e.g. ``affine + dense``."""
+    name = f"network {spec.model}" if spec.method == "network" else spec.method
+    return f"affine + {name}" if spec.affine and spec.method not in ("affine", "rigid") else name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,10 +320,12 @@ class TemplateDir:
 
 def _settings(subjects: Sequence[Subject], spec: RegistrationSpec, unbiased: bool) -> dict[str, Any]:
     spec_dict = asdict(spec)
-    spec_dict.pop("device")  # where it runs does not change the result's meaning
-    return {"images": [str(s.image.resolve()) for s in subjects],
-            "segs": [str(s.seg.resolve()) if s.seg else None for s in subjects],
-            "registration": spec_dict, "unbiased": unbiased}
+    for where in ("device", "progress"):  # where and how visibly it runs does not change the result
+        spec_dict.pop(where)
+    settings = {"images": [str(s.image.resolve()) for s in subjects],
+                "segs": [str(s.seg.resolve()) if s.seg else None for s in subjects],
+                "registration": spec_dict, "unbiased": unbiased}
+    return json.loads(json.dumps(settings))  # as read back from settings.json (tuples become lists)
 
 
 def _check_out(paths: TemplateDir, settings: dict[str, Any], resume: bool) -> None:
@@ -451,32 +361,43 @@ def _write_log(paths: TemplateDir, log: Sequence[IterationLog]) -> None:
     atomic_write_text(paths.log, buffer.getvalue())
 
 
-def _moved_images(subjects: Sequence[Subject], jobs: Sequence[SubjectJob]) -> Iterable[np.ndarray]:
+def _stage_jobs(k: int, fixed: Path | None, spec: RegistrationSpec, subjects: Sequence[Subject],
+                paths: TemplateDir) -> list[PairJob]:
+    folder = paths.stage(k)
+    return [PairJob(i + 1, s.name, str(s.image), str(fixed) if fixed else None,
+                    OutputPaths(str(folder / f"{s.name}_moved.nii.gz"), str(folder / f"{s.name}_warp.nii.gz")), spec)
+            for i, s in enumerate(subjects)]
+
+
+def _moved_images(subjects: Sequence[Subject], jobs: Sequence[PairJob]) -> Iterable[np.ndarray]:
     """The moved images of a stage, each on its subject's registration intensity scale."""
     for subject, job in zip(subjects, jobs):
-        yield apply_range(io.load_volume(job.moved).data, subject.lo, subject.hi)
+        yield apply_range(io.load_volume(job.outputs.moved).data, subject.lo, subject.hi)
+
+
+def _warps(jobs: Sequence[PairJob]) -> Iterable[np.ndarray]:
+    for job in jobs:
+        yield io.load_warp(str(job.outputs.warp)).disp
 
 
 def _run_stage(k: int, fixed: Path, spec: RegistrationSpec, subjects: Sequence[Subject], paths: TemplateDir,
-               grid: io.Volume, runner: Runner, unbiased: bool,
-               previous: np.ndarray | None) -> tuple[TemplateUpdate, IterationLog, list[SubjectJob]]:
+               grid: io.Volume, runner: JobRunner, unbiased: bool,
+               previous: np.ndarray | None) -> tuple[TemplateUpdate, IterationLog, list[PairJob]]:
     """Register every subject to ``fixed`` with ``spec``, average, move; write the stage's template."""
     start = time.perf_counter()
-    folder = paths.stage(k)
-    jobs = [SubjectJob(s.name, str(s.image), str(fixed), str(folder / f"{s.name}_moved.nii.gz"),
-                       str(folder / f"{s.name}_warp.nii.gz"), spec) for s in subjects]
-    statuses = list(runner(register_subject, jobs))
-    failed = [status for status in statuses if not status.ok]
-    if failed:
-        raise RuntimeError(f"iteration {k}: {len(failed)} of {len(jobs)} subject(s) could not be registered to the "
-                           f"template; first: {failed[0].name}: {failed[0].error}")
-    update = average_and_update(_moved_images(subjects, jobs), (io.load_warp(j.warp).disp for j in jobs),
-                                unbiased=unbiased)
+    jobs = _stage_jobs(k, fixed, spec, subjects, paths)
+    statuses = list(runner(jobs))
+    failed = [status for status in statuses if status.status == "error"]
+    if failed or len(statuses) != len(jobs):
+        first = f"first: {failed[0].name}: {failed[0].message}" if failed else "some were not run"
+        raise RuntimeError(f"iteration {k}: {len(failed) or len(jobs) - len(statuses)} of {len(jobs)} subject(s) "
+                           f"could not be registered to the template ({first}); `resume` continues the build")
+    update = average_and_update(_moved_images(subjects, jobs), _warps(jobs), unbiased=unbiased)
     norm = update.mean_disp.norm(dim=1)
     change = float(np.sqrt(np.mean((update.template - previous) ** 2))) if previous is not None else float("nan")
-    row = IterationLog(k, spec.describe(), float(norm.mean()), float(norm.max()), update.residual, change,
+    row = IterationLog(k, describe(spec), float(norm.mean()), float(norm.max()), update.residual, change,
                        sharpness(update.template), time.perf_counter() - start,
-                       float(sum(status.seconds for status in statuses)))
+                       float(sum(st.seconds for st in statuses if st.status == "done")))
     atomic_write_text(paths.stage_log(k), json.dumps(asdict(row)))
     io.save_volume(io.Volume(update.template, grid.affine, grid.header), paths.stage_template(k),
                    description=f"morphreg {__version__}: template, iteration {k}")
@@ -484,28 +405,26 @@ def _run_stage(k: int, fixed: Path, spec: RegistrationSpec, subjects: Sequence[S
 
 
 def _resumed_stage(k: int, paths: TemplateDir, subjects: Sequence[Subject],
-                   spec: RegistrationSpec) -> tuple[np.ndarray, IterationLog, list[SubjectJob]]:
-    folder = paths.stage(k)
+                   spec: RegistrationSpec) -> tuple[np.ndarray, IterationLog, list[PairJob]]:
     row = IterationLog(**json.loads(paths.stage_log(k).read_text(encoding="utf-8")))
-    jobs = [SubjectJob(s.name, str(s.image), "", str(folder / f"{s.name}_moved.nii.gz"),
-                       str(folder / f"{s.name}_warp.nii.gz"), spec) for s in subjects]
+    jobs = _stage_jobs(k, None, spec, subjects, paths)
     return io.load_volume(paths.stage_template(k)).data.astype(np.float32), row, jobs
 
 
-def _drop_subject_files(jobs: Sequence[SubjectJob]) -> None:
+def _drop_subject_files(jobs: Sequence[PairJob]) -> None:
     for job in jobs:
-        Path(job.moved).unlink(missing_ok=True)
-        Path(job.warp).unlink(missing_ok=True)
+        for path in job.output_files():
+            path.unlink(missing_ok=True)
 
 
-def _finish(paths: TemplateDir, subjects: Sequence[Subject], grid: io.Volume, jobs: Sequence[SubjectJob],
+def _finish(paths: TemplateDir, subjects: Sequence[Subject], grid: io.Volume, jobs: Sequence[PairJob],
             shift: torch.Tensor) -> tuple[io.Volume | None, dict[str, float]]:
     """Write each subject's final warp and log-Jacobian; vote the template's labels."""
     from .segment import majority_vote
 
     votes, folding = [], {}
-    for subject, job in zip(subjects, jobs):
-        disp = compose_with_shift(io.load_warp(job.warp).disp, shift)
+    for subject, disp in zip(subjects, _warps(jobs)):
+        disp = compose_with_shift(disp, shift)
         io.save_warp(disp, paths.warp(subject.name), grid.affine, header=grid.header)
         logjac, folding[subject.name] = log_jacobian(disp)
         io.save_volume(io.Volume(logjac, grid.affine, grid.header), paths.logjac(subject.name),
@@ -541,7 +460,7 @@ def build_template(
     out: PathLike,
     registration_spec: RegistrationSpec,
     iterations: int = 4,
-    runner: Runner = in_process,
+    runner: JobRunner = run_in_process,
     *,
     unbiased: bool = True,
     resume: bool = False,
@@ -558,7 +477,7 @@ def build_template(
         registration_spec: how a subject is registered to the template in the K iterations.
         iterations: K, the deformable iterations after the affine average (0: the affine
             average only).
-        runner: ``runner(function, jobs) -> results`` (``map``-like; in process by default).
+        runner: ``runner(jobs) -> statuses`` (:data:`JobRunner`; in process by default).
         unbiased: move the template by the inverse mean deformation after every stage (the
             point of the method; ``False`` only to show the bias it removes).
         resume: continue a build in ``out`` (finished stages are kept, finished jobs skipped).
@@ -577,9 +496,9 @@ def build_template(
     start = time.perf_counter()
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"{fn}: argument 'iterations' must be an integer >= 0, got {iterations!r}")
-    if registration_spec.method not in ("network", "affine", "rigid", "dense", "ffd"):
-        raise ValueError(f"{fn}: unknown registration method {registration_spec.method!r}")
     subjects, grid = check_subjects(images, segs, registration_spec.normalise)
+    if registration_spec.method == "network":  # a network that does not fit is refused before any work
+        registration_spec.network(grid.ndim, registration_spec.torch_device())
     paths = TemplateDir(out)
     settings = _settings(subjects, registration_spec, unbiased)
     _check_out(paths, settings, resume)
@@ -590,9 +509,9 @@ def build_template(
     fixed = subjects[0].image
     previous = None
     shift = None
-    jobs: list[SubjectJob] = []
+    jobs: list[PairJob] = []
     for k in range(iterations + 1):
-        spec = registration_spec.affine_only() if k == 0 else registration_spec
+        spec = affine_stage(registration_spec) if k == 0 else registration_spec
         if resume and paths.stage_template(k).exists() and paths.stage_log(k).exists():
             template, row, stage_jobs = _resumed_stage(k, paths, subjects, spec)
             shift = None  # recomputed below if this is the last stage
@@ -610,8 +529,7 @@ def build_template(
                    f"{row.mean_disp_norm:.3g} voxels (max {row.max_disp_norm:.3g}), sharpness {row.sharpness:.4g}, "
                    f"{row.seconds:.1f} s")
     if shift is None:  # the last stage was resumed: recompute its move from its files
-        shift = average_and_update(_moved_images(subjects, jobs), (io.load_warp(j.warp).disp for j in jobs),
-                                   unbiased=unbiased).shift
+        shift = average_and_update(_moved_images(subjects, jobs), _warps(jobs), unbiased=unbiased).shift
     template_seg, folding = _finish(paths, subjects, grid, jobs, shift)
     _write_qc(paths, templates, log, grid)
     template = io.Volume(templates[-1], grid.affine, grid.header)
@@ -620,6 +538,6 @@ def build_template(
                           time.perf_counter() - start, folding)
 
 
-__all__ = ["IterationLog", "JobStatus", "RegistrationSpec", "Runner", "SubjectJob", "TemplateDir",
-           "TemplateResult", "TemplateUpdate", "average_and_update", "build_template", "check_subjects",
-           "compose_with_shift", "in_process", "log_jacobian", "register_subject", "sharpness"]
+__all__ = ["IterationLog", "JobRunner", "TemplateDir", "TemplateResult", "TemplateUpdate", "affine_stage",
+           "average_and_update", "build_template", "check_subjects", "compose_with_shift", "describe", "log_jacobian",
+           "run_in_process", "sharpness"]
