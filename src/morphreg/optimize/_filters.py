@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_sum", "gaussian_blur", "gaussian_smooth", "gaussian_taps"]
+__all__ = ["box_sum", "gaussian_blur", "gaussian_smooth", "gaussian_taps", "window_counts"]
 
 
 def _filter_axis(image: torch.Tensor, axis: int, taps: Sequence[float], padding: str) -> torch.Tensor:
@@ -71,4 +71,21 @@ def box_sum(image: torch.Tensor, radius: int) -> torch.Tensor:
     out = image
     for axis in range(image.dim() - 2):
         out = _filter_axis(out, axis, [1.0] * (2 * radius + 1), "constant")
+    return out
+
+
+def window_counts(shape: Sequence[int], radius: int, *, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Number of voxels inside the image of each ``(2 radius + 1)^ndim`` window, ``(1, *shape)``.
+
+    Equal to ``box_sum`` of an image of ones (``(2 radius + 1)^ndim`` away from the border, fewer
+    near it), built as the outer product of one count per axis.
+    """
+    out = torch.ones([1] * (len(shape) + 1), device=device, dtype=dtype)
+    for axis, size in enumerate(shape):
+        index = torch.arange(int(size), device=device, dtype=dtype)
+        count = index.clamp(max=radius) + (size - 1 - index).clamp(max=radius) + 1
+        view = [1] * (len(shape) + 1)
+        view[axis + 1] = int(size)
+        out = out * count.view(view)
     return out

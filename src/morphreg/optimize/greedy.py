@@ -24,7 +24,7 @@ import torch
 from .. import spatial
 from .._checks import check_number, check_positive_int
 from ._common import ProgressFn, check_same_grid_pair, downsample, level_plan
-from ._filters import box_sum, gaussian_smooth
+from ._filters import box_sum, gaussian_smooth, window_counts
 
 if TYPE_CHECKING:
     from ..models.vxm import RegistrationOutput
@@ -72,52 +72,68 @@ class GreedyResult(NamedTuple):
 class LocalNCC:
     """Local normalised cross-correlation against one fixed image, and its analytic force.
 
+    The similarity is exactly the per-voxel term of :func:`morphreg.losses.ncc_loss`: with window
+    sums ``A = Σ(I-Ī)(J-J̄)``, ``B = Σ(I-Ī)²``, ``C = Σ(J-J̄)²`` over the ``n`` voxels of the window
+    that lie inside the image, ``cc = A² / (BC + eps n²)`` (``cov² / (var var + eps)`` in means),
+    so the reported mean is ``-ncc_loss(moved, fixed, window=2 radius + 1)``.
+
+    Windows at the border count only the voxels inside the image. With a fixed count of
+    ``(2 radius + 1)^ndim`` (zero padding) the zeros beyond the border entered both images as
+    perfectly matching voxels: two independent images scored cc ~0.9 in the border band, the
+    reported loss was inflated, and the force there pulled towards the padding.
+
     The window sums of the fixed image are computed once; each :meth:`force` then needs the
     window sums of three images (moved, moved², moved x fixed).
 
     Args:
         fixed: ``(B, 1, *spatial)``.
         radius: window half-width in voxels (window ``2 radius + 1`` per axis).
-        eps: floor of the local variances, per voxel of the window (images scaled to [0, 1]).
-            A floor on the window *sums* alone (not scaled by the window size) sits at float32
-            rounding: in nearly flat regions the force was then rounding noise divided by
-            ~eps², large enough to set the step size of a whole iteration.
+        eps: stabiliser added to the product of the local variances (of the window means, images
+            scaled to about [0, 1]), the ``eps`` of :func:`~morphreg.losses.ncc_loss`. It also
+            bounds the force in nearly flat regions, where ``A``, ``B`` and ``C`` are float32
+            rounding noise.
     """
 
-    def __init__(self, fixed: torch.Tensor, radius: int, eps: float = 1e-5) -> None:
+    def __init__(self, fixed: torch.Tensor, radius: int, eps: float = 1e-8) -> None:
         self.fixed = fixed
         self.radius = radius
-        self.n = float((2 * radius + 1) ** (fixed.dim() - 2))
-        self.eps = eps * self.n
+        self.n = window_counts(fixed.shape[2:], radius, device=fixed.device, dtype=fixed.dtype)  # (1, *spatial)
+        self.eps = self.n * self.n * eps
         sums = box_sum(torch.cat([fixed, fixed * fixed], dim=1), radius)
         self.sum_j = sums[:, 0]
         self.mean_j = self.sum_j / self.n
-        self.var_j = torch.addcmul(sums[:, 1], self.mean_j, self.sum_j, value=-1.0).clamp_min_(self.eps)
+        self.var_j = torch.addcmul(sums[:, 1], self.mean_j, self.sum_j, value=-1.0).clamp_min_(0.0)  # C
         self.centred_j = fixed[:, 0] - self.mean_j
 
     def force(self, moved: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Ascent direction of the local squared NCC with respect to the displacement, and the NCC.
 
-        ANTs' analytic form: with window sums ``A = Σ(I-Ī)(J-J̄)``, ``B = Σ(I-Ī)²``, ``C = Σ(J-J̄)²``,
-        ``∂cc/∂I ≈ 2A/(BC) [(J-J̄) - A/B (I-Ī)]``, times the image gradient ``∇I`` of ``moved``.
+        ANTs' analytic form, with the stabiliser ``e = eps n²``: ``∂cc/∂I = 2A/(BC+e) [(J-J̄) -
+        AC/(BC+e) (I-Ī)]`` (``2A/(BC) [(J-J̄) - A/B (I-Ī)]`` for ``e = 0``), times the image
+        gradient ``∇I`` of ``moved``. The bracket is exactly the derivative of the cc of the window
+        centred at a voxel with respect to that voxel's intensity (the diagonal of ``∂cc/∂I``);
+        the windows around it, which the full gradient would add, are left out, as in ANTs.
 
         Args:
             moved: ``(B, 1, *spatial)``.
 
         Returns:
-            ``(B, ndim, *spatial)`` force and the mean local cc (a float in [0, 1]).
+            ``(B, ndim, *spatial)`` force and the mean local cc (a float in [0, 1], equal to
+            ``-ncc_loss(moved, fixed, window=2 radius + 1, eps=eps)``).
         """
         ndim = moved.dim() - 2
         image = moved[:, 0]
         sums = box_sum(torch.cat([moved, moved * moved, moved * self.fixed], dim=1), self.radius)
         sum_i, sum_ii, sum_ij = sums.unbind(1)
         mean_i = sum_i / self.n
-        cross = torch.addcmul(sum_ij, mean_i, self.sum_j, value=-1.0)
-        var_i = torch.addcmul(sum_ii, mean_i, sum_i, value=-1.0).clamp_min_(self.eps)
-        scale = (2.0 * cross).div_(var_i * self.var_j)  # 2A / (BC)
+        cross = torch.addcmul(sum_ij, mean_i, self.sum_j, value=-1.0)  # A
+        var_i = torch.addcmul(sum_ii, mean_i, sum_i, value=-1.0).clamp_min_(0.0)  # B
+        denominator = torch.addcmul(self.eps, var_i, self.var_j)  # BC + e
+        scale = (2.0 * cross).div_(denominator)  # 2A / (BC + e)
         cc = float(torch.dot(scale.flatten(), cross.flatten())) / (2.0 * cross.numel())
-        # 2A/(BC) [(J-J̄) - A/B (I-Ī)]
-        dcc = scale.mul_(torch.addcmul(self.centred_j, cross.div_(var_i), image - mean_i, value=-1.0))
+        # 2A/(BC+e) [(J-J̄) - AC/(BC+e) (I-Ī)]
+        ratio = cross.mul_(self.var_j).div_(denominator)
+        dcc = scale.mul_(torch.addcmul(self.centred_j, ratio, image - mean_i, value=-1.0))
         grads = torch.gradient(image, dim=tuple(range(1, ndim + 1)))
         force = torch.stack([dcc * g for g in grads], dim=1)
         return force, cc
@@ -136,7 +152,7 @@ def _largest_length(field: torch.Tensor) -> torch.Tensor:
     return longest.view(-1, *([1] * (field.dim() - 1)))
 
 
-def lncc_force(moved: torch.Tensor, fixed: torch.Tensor, radius: int, eps: float = 1e-5) -> tuple[torch.Tensor, float]:
+def lncc_force(moved: torch.Tensor, fixed: torch.Tensor, radius: int, eps: float = 1e-8) -> tuple[torch.Tensor, float]:
     """:meth:`LocalNCC.force` of ``moved`` against ``fixed`` (``(B, 1, *spatial)`` each)."""
     return LocalNCC(fixed, radius, eps).force(moved)
 
