@@ -143,6 +143,7 @@ def register(
     normalise: str | None = "model",
     device: str = "cpu",
     precision: str = "float32",
+    affine: bool | None = None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: with a network in one forward pass, or with a classical method.
 
@@ -158,10 +159,16 @@ def register(
             refused for other models. With ``method="dense"`` it selects the velocity field
             fitted with Adam instead of the greedy method, as ``--lambda`` does.
         moving_seg, fixed_seg: optional label maps (paths or arrays) on their images' grids.
-        normalise: ``"model"`` (what the network was trained with; min-max for ``method``),
+        normalise: ``"model"`` (what the network was trained with; for ``method`` percentile, as
+            ``morphreg register --method``),
             ``"minmax"``, ``"percentile"`` or ``None`` (inputs taken as they are).
         device: ``"cpu"`` or ``"cuda"``.
         precision: ``"float32"`` or ``"bf16"`` (a network's U-Net in bfloat16, as ``--precision``).
+        affine: ``True`` aligns affinely first (moments, then the affine pyramid) and composes the
+            result into one field, as ``morphreg register --affine``; ``False`` never; ``None``
+            (default) as the command line: on for 3D ``method="dense"``/``"ffd"`` on grids that
+            differ (:func:`morphreg.workflows.pipeline.affine_by_default`). Refused for
+            ``method="affine"``/``"rigid"``.
 
     Returns:
         :class:`Registration` (numpy arrays and plain numbers).
@@ -171,6 +178,9 @@ def register(
     if method is not None and model is not None:
         raise ValueError("morphreg.register: give either 'model' (a network) or 'method' (a classical method), "
                          "not both")
+    if affine and method in ("affine", "rigid"):
+        raise ValueError(f"morphreg.register: 'affine' prepends affine alignment to a deformable method; "
+                         f"method={method!r} is linear already")
     pair = _pair(moving, fixed, moving_seg, fixed_seg)
     if method is None:
         registration, normalise, ndim = _network(model if model is not None else "brain2d", weight, normalise, device,
@@ -179,7 +189,14 @@ def register(
             raise ValueError(f"morphreg.register: the model is {ndim}D but the images are {pair.fixed.ndim}D")
     else:
         registration = _classical(method, preset, iterations, weight, np.asarray(pair.fixed.affine), device)
-        normalise = "minmax" if normalise == "model" else normalise
+        normalise = "percentile" if normalise == "model" else normalise  # as `morphreg register --method`
+    from .workflows import pipeline
+
+    if affine if affine is not None else pipeline.affine_by_default(method or "network", pair.fixed.ndim,
+                                                                    pair.resampled):
+        from .workflows.device import resolve_device
+
+        registration = pipeline.with_affine(registration, np.asarray(pair.fixed.affine), resolve_device(device))
     result = register_pair(pair, registration, normalise=normalise)
     disp = torch.from_numpy(result.disp)[None]
     scores = {"folding_pct": float(metrics.folding_fraction(disp)), "seconds": float(result.seconds)}

@@ -32,8 +32,9 @@ def _method(args: argparse.Namespace) -> str:
         raise UserError("--pairs needs --model (a trained network) or --method affine|rigid|dense|ffd")
     if method != "network" and args.model:
         raise UserError(f"--method {method} registers without a network; drop --model or --method")
-    if (args.affine or args.affine_model) and method != "network":
-        raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    from .register import check_affine_flags
+
+    check_affine_flags(args, method)
     return method
 
 

@@ -87,7 +87,10 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--affine", action="store_true", help="affine pre-alignment (optimisation) before the network")
+    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
+                   help="affine pre-alignment (moments, then a multi-resolution optimisation) before the network or "
+                        "--method dense|ffd, composed into one warp (its matrix with --matrix); default: on for 3D "
+                        "--method dense|ffd on grids that differ without --init-matrix/--init-warp, else off")
     p.add_argument("--affine-model", default=None,
                    help="learned affine pre-alignment: run directory or checkpoint of `train --model affine`")
     p.add_argument("--optimize", type=non_negative_int, default=0,
@@ -143,9 +146,20 @@ def _method(args: argparse.Namespace) -> str:
         raise UserError(f"--method {method} registers without a network; drop --model or --method")
     if args.moved_seg and not args.moving_seg:
         raise UserError("--moved-seg needs --moving-seg")
-    if (args.affine or args.affine_model) and method != "network":
-        raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
+    check_affine_flags(args, method)
     return method
+
+
+def check_affine_flags(args: argparse.Namespace, method: str) -> None:
+    """``--affine``/``--affine-model`` go with a deformable method (one pair or a cohort)."""
+    if args.affine_model and method != "network":
+        raise UserError("--affine-model prepends a learned alignment to a network: give --model, or use --affine "
+                        "with --method dense|ffd")
+    if args.affine and method in ("affine", "rigid"):
+        raise UserError(f"--affine prepends affine alignment to a deformable method; --method {method} is linear "
+                        "already: drop --affine")
+    if args.affine and args.affine_model:
+        raise UserError("give --affine (optimised) or --affine-model (learned), not both")
 
 
 def _check_method_flags(args: argparse.Namespace, method: str) -> None:
@@ -169,7 +183,7 @@ def spec_from_args(args: argparse.Namespace, method: str) -> Any:
     from ..workflows.spec import RegistrationSpec
 
     return RegistrationSpec(
-        method=method, model=args.model if method == "network" else None, affine=bool(args.affine),
+        method=method, model=args.model if method == "network" else None, affine=args.affine,
         affine_model=args.affine_model, optimize=args.optimize, loss=args.loss, weight=args.weight,
         preset=args.preset, levels=args.levels, iterations=tuple(args.iterations) if args.iterations else None,
         normalise=args.normalise, precision=args.precision, inverse=bool(value_of(args, "--inverse-warp")),

@@ -4,6 +4,10 @@ The registrations work in voxels on the fixed image's grid; physical space stays
 boundary: ``moving`` (and its labels) are resampled onto the fixed grid through the affines when
 the two grids differ, and every output carries the fixed image's affine and header geometry.
 
+The written moved image and labels are interpolated once: fixed voxel ``x`` samples the
+*original* moving image at ``inv(A_moving) @ A_fixed @ (x + u(x))`` (:func:`warp_across_grids`),
+as ITK/ANTs apply morphreg's exported field; the resampled copy only feeds the optimisation.
+
 Error messages name this module's parameters in backquotes (`` `moving` ``); the command line
 replaces them with its flags.
 """
@@ -27,13 +31,19 @@ PathLike = str | Path
 
 @dataclass
 class PairOnGrid:
-    """A moving/fixed pair (with optional labels) on the fixed image's voxel grid."""
+    """A moving/fixed pair (with optional labels) on the fixed image's voxel grid.
+
+    ``moving_native``/``moving_seg_native``: the moving image and labels as read, on their own
+    grid, kept when ``resampled`` (the grids differ) so that the outputs sample them once.
+    """
 
     moving: io.Volume
     fixed: io.Volume
     moving_seg: io.Volume | None = None
     fixed_seg: io.Volume | None = None
     resampled: bool = False
+    moving_native: io.Volume | None = None
+    moving_seg_native: io.Volume | None = None
 
 
 @dataclass
@@ -126,11 +136,53 @@ def load_pair(
         raise ValueError(f"{label['moving']} (shape {moving_vol.shape}) and {label['fixed']} (shape "
                          f"{fixed_vol.shape}) are on different grids (shape or affine), and resampling was turned off "
                          "(`resample`)")
-    if resampled:
-        moving_vol = io.resample_to(moving_vol, fixed_vol, order=1)
-        if moving_lab is not None:
-            moving_lab = io.resample_to(moving_lab, fixed_vol, order=0)
-    return PairOnGrid(moving_vol, fixed_vol, moving_lab, fixed_lab, resampled)
+    if not resampled:
+        return PairOnGrid(moving_vol, fixed_vol, moving_lab, fixed_lab)
+    moving_grid = warp_across_grids(moving_vol, fixed_vol, None)
+    moving_lab_grid = warp_across_grids(moving_lab, fixed_vol, None, mode="nearest") if moving_lab is not None else None
+    return PairOnGrid(moving_grid, fixed_vol, moving_lab_grid, fixed_lab, True, moving_vol, moving_lab)
+
+
+def warp_across_grids(moving: io.Volume, fixed: io.Volume, disp: torch.Tensor | None, *,
+                      mode: str = "linear") -> io.Volume:
+    """``moving`` sampled once on ``fixed``'s grid through the affines and a voxel field.
+
+    Fixed voxel ``x`` takes the value of ``moving`` at voxel ``inv(A_moving) @ A_fixed @ (x + u(x))``
+    (``u = disp``, zero when ``None``), exactly what ITK/ANTs compute when they apply morphreg's
+    exported field (:func:`morphreg.io.save_itk_warp`) to the original moving image: points up to
+    half a voxel beyond the moving image's border planes take the border value, points further
+    out are 0 (``itk::ResampleImageFilter``'s buffer test).
+
+    Args:
+        moving: the moving volume on its own grid, 2D or 3D.
+        fixed: the output grid (shape and affine).
+        disp: ``(1, ndim, *fixed_spatial)`` voxels of the fixed grid, or ``None``.
+        mode: ``"linear"`` (float32 out) or ``"nearest"`` (label maps keep their dtype).
+
+    Returns:
+        :class:`morphreg.io.Volume` on ``fixed``'s grid, with its affine and header.
+    """
+    from ..geometry import fixed_to_moving_voxels
+
+    ndim = fixed.ndim
+    vox = torch.from_numpy(fixed_to_moving_voxels(moving.affine, fixed.affine, ndim)).float()
+    lin, offset = vox[:ndim, :ndim], vox[:ndim, 3]
+    points = spatial.identity_grid(fixed.shape)
+    if disp is not None:
+        points = points + disp.detach().to("cpu", torch.float32)[0]
+    # moving voxel coordinates (ndim, *spatial): lin @ points + offset, one axis at a time
+    coords = torch.stack([sum(lin[k, j] * points[j] for j in range(ndim)) + offset[k] for k in range(ndim)])
+    del points
+    upper = torch.tensor(moving.shape, dtype=torch.float32).view(ndim, *([1] * ndim)) - 0.5
+    inside = ((coords >= -0.5) & (coords <= upper)).all(0)
+    data = moving.data
+    integer = data.dtype.kind in "iub"
+    values = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float64 if integer and
+                                                   np.abs(data).max() >= 2**24 else np.float32))
+    sampled = spatial.sample(values[None, None], coords[None], mode=mode, padding="border")[0, 0]
+    sampled = sampled.masked_fill_(~inside, 0).numpy()
+    out = sampled.astype(data.dtype) if mode == "nearest" and integer else sampled.astype(np.float32, copy=False)
+    return io.Volume(out, fixed.affine.copy(), fixed.header)
 
 
 def check_finite_field(disp: torch.Tensor) -> None:
@@ -194,16 +246,28 @@ def finish_registration(pair: PairOnGrid, output: Any, seconds: float) -> Regist
     if inverse is not None:
         inverse = inverse.detach().float().cpu()
         check_finite_field(inverse)
-    moved = spatial.warp(io.to_tensor(pair.moving).float(), disp)
-    moved_seg = dice = None
-    if pair.moving_seg is not None:
-        moved_seg_t = spatial.warp(io.to_tensor(pair.moving_seg), disp, mode="nearest")
-        moved_seg = io.from_tensor(moved_seg_t, pair.fixed)
-        moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
-        if pair.fixed_seg is not None:
-            dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
-    return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice,
+    moved, moved_seg = warp_moving(pair, disp)
+    dice = None
+    if moved_seg is not None and pair.fixed_seg is not None:
+        dice = metrics.dice(io.to_tensor(moved_seg), io.to_tensor(pair.fixed_seg))
+    return RegisteredPair(moved, disp[0].numpy(), moved_seg, seconds, dice,
                           inverse[0].numpy() if inverse is not None else None, output.matrix)
+
+
+def warp_moving(pair: PairOnGrid, disp: torch.Tensor) -> tuple[io.Volume, io.Volume | None]:
+    """The moving image (float32, linear) and labels (nearest, their dtype) warped by ``disp``
+    ``(1, ndim, *fixed_spatial)`` onto the fixed grid, each interpolated once: from the
+    original moving grid through the affines when the grids differ (:func:`warp_across_grids`)."""
+    if pair.moving_native is not None:
+        moved = warp_across_grids(pair.moving_native, pair.fixed, disp)
+        seg = pair.moving_seg_native
+        return moved, warp_across_grids(seg, pair.fixed, disp, mode="nearest") if seg is not None else None
+    moved = io.from_tensor(spatial.warp(io.to_tensor(pair.moving).float(), disp), pair.fixed)
+    if pair.moving_seg is None:
+        return moved, None
+    moved_seg = io.from_tensor(spatial.warp(io.to_tensor(pair.moving_seg), disp, mode="nearest"), pair.fixed)
+    moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
+    return moved, moved_seg
 
 
 def dice_before(pair: PairOnGrid, labels: torch.Tensor) -> metrics.LabelScores | None:

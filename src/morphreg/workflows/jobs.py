@@ -200,6 +200,8 @@ def register_job(job: PairJob, *, device: torch.device | None = None,
     if pair.resampled:
         report("note: moving and fixed grids differ (shape or affine); the moving image was resampled onto the "
                "fixed grid through the affines")
+    if job.spec.affine is None and job.spec.affine_first(pair):
+        report(f"note: 3D grids differ: aligning affinely before --method {job.spec.method} (--no-affine to skip)")
     built = job.spec.build(pair, device, moving_path=job.moving, key=job.key)
     result = register_pair(pair, built.registration, normalise=built.normalise)
     write_outputs(pair, result, job.outputs, job.formats, moving_path=str(job.moving), fixed_path=str(job.fixed),

@@ -178,6 +178,30 @@ class AffineThen:
         return as_output(spatial.compose(affine.disp, deformable.disp.to(affine.disp.device)), matrix=affine.matrix)
 
 
+#: Methods that get the affine stage by default on 3D grids that differ (:func:`affine_by_default`).
+AFFINE_FIRST_METHODS = ("dense", "ffd")
+
+
+def affine_by_default(method: str, ndim: int, grids_differ: bool, *, initial: bool = False) -> bool:
+    """Whether a registration runs the affine stage when the user did not say.
+
+    Yes for a 3D deformable classical method (:data:`AFFINE_FIRST_METHODS`) on images whose grids
+    differ (shape or voxel -> world affine: raw scans, a subject to a template) and no initial
+    transform (``initial``: an initial matrix, warp or learned affine was given). Images on one
+    grid come from one pipeline and are taken as roughly aligned; networks keep the alignment
+    they were trained with; 2D slices are already cut in one plane.
+    """
+    return method in AFFINE_FIRST_METHODS and ndim == 3 and grids_differ and not initial
+
+
+def with_affine(registration: Registration, grid_affine: np.ndarray, device: torch.device, *,
+                progress: ProgressFn | None = None) -> AffineThen:
+    """``registration`` after an optimised affine alignment on ``device`` (moments, then the
+    multi-resolution pyramid of :func:`morphreg.optimize.register_affine`), composed into one field."""
+    affine = AffineRegistration("affine", grid_affine=np.asarray(grid_affine), progress=progress)
+    return AffineThen(OnDevice(affine, device), registration)
+
+
 @dataclass
 class Refine:
     """Instance-specific optimisation: ``iterations`` Adam steps of ``loss`` + ``weight`` x smoothness

@@ -111,7 +111,10 @@ class RegistrationSpec:
     Attributes:
         method: ``network`` (``model``) or one of :data:`morphreg.workflows.pipeline.CLASSICAL_METHODS`.
         model: network run folder, checkpoint or built-in name (``network``).
-        affine: optimisation-based affine pre-alignment before the deformable step.
+        affine: optimisation-based affine pre-alignment before the deformable step (moments, then
+            the affine pyramid; one composed field); ``None``: when
+            :func:`morphreg.workflows.pipeline.affine_by_default` says (3D dense/ffd on grids that
+            differ, no initial transform), see :meth:`affine_first`.
         affine_model: a learned affine network before the deformable network.
         optimize: instance-specific refinement steps after the registration (0: none).
         loss, weight: similarity and smoothness weight λ of the classical methods / refinement
@@ -130,7 +133,7 @@ class RegistrationSpec:
 
     method: str = "network"
     model: str | None = None
-    affine: bool = False
+    affine: bool | None = None
     affine_model: str | None = None
     optimize: int = 0
     loss: str | None = None
@@ -160,6 +163,13 @@ class RegistrationSpec:
         return (self.method == "network" and not (self.affine or self.affine_model or self.optimize)
                 and self.init_matrix is None and self.init_warp is None)
 
+    def affine_first(self, pair: Any) -> bool:
+        """Whether the affine stage runs for ``pair`` (``affine`` as given, else the default)."""
+        if self.affine is not None:
+            return self.affine
+        return pipeline.affine_by_default(self.method, pair.fixed.ndim, pair.resampled,
+                                          initial=bool(self.init_matrix or self.init_warp or self.affine_model))
+
     def torch_device(self) -> torch.device:
         from .device import resolve_device
 
@@ -184,6 +194,7 @@ class RegistrationSpec:
 
         device = device if device is not None else self.torch_device()
         ndim = pair.fixed.ndim
+        affine_first = self.affine_first(pair)
         registration: Any
         if self.method == "network":
             model = self.network(ndim, device)
@@ -197,15 +208,15 @@ class RegistrationSpec:
             schedule = pipeline.GreedySchedule.from_options(self.preset, self.levels, self.iterations)
             registration = pipeline.OnDevice(pipeline.classical_registration(
                 self.method, loss=self.loss, weight=self.weight, grid_affine=pair.fixed.affine, schedule=schedule,
-                progress=tqdm_progress(self.method) if self.progress else None, inverse=self.inverse), device)
+                progress=tqdm_progress(self.method) if self.progress else None,
+                inverse=self.inverse and not affine_first), device)
         if self.affine_model:
             affine_net = pipeline.NetworkRegistration(_network(self.affine_model, "affine_model", device, ndim,
                                                                affine=True), device)
             registration = pipeline.AffineThen(affine_net, registration)
-        elif self.affine:
-            affine = pipeline.AffineRegistration("affine", grid_affine=pair.fixed.affine,
-                                                 progress=tqdm_progress("affine") if self.progress else None)
-            registration = pipeline.AffineThen(pipeline.OnDevice(affine, device), registration)
+        elif affine_first:
+            registration = pipeline.with_affine(registration, pair.fixed.affine, device,
+                                                progress=tqdm_progress("affine") if self.progress else None)
         if self.init_matrix or self.init_warp:
             disp, matrix = initial_transform(pair, moving_path=moving_path, init_matrix=self.init_matrix,
                                              init_warp=self.init_warp, matrix_format=self.init_matrix_format,

@@ -17,7 +17,7 @@ from ..geometry import world_to_voxel_matrix
 from ..io import load_itk_warp, load_matrix
 from ..io.itk_warp import is_itk_warp
 from ..io.matrices import detect_matrix_format
-from .files import PairOnGrid, load_image
+from .files import PairOnGrid, load_image, warp_across_grids
 
 PathLike = str | Path
 WARP_FORMATS = ("auto", "morphreg", "itk")
@@ -60,7 +60,8 @@ def warp_file(moving: PathLike, warp: PathLike, moved: PathLike, *, warp_format:
         interp: ``"linear"`` or ``"nearest"``; default nearest for integer images (label maps).
         key: array name when ``moving`` is an ``.npz``.
 
-    ``moving`` is resampled onto the field's grid through the affines first when it is not on it.
+    ``moving`` not on the field's grid is sampled once through the affines and the field
+    (:func:`morphreg.workflows.files.warp_across_grids`), as ITK/ANTs apply an exported field.
     """
     field = read_warp(warp, warp_format)
     image = io.load_volume(moving, key=key)
@@ -71,12 +72,13 @@ def warp_file(moving: PathLike, warp: PathLike, moved: PathLike, *, warp_format:
     integer = image.data.dtype.kind in "iu"
     interp = interp or ("nearest" if integer else "linear")
     resampled = not io.same_grid(image, grid)
-    if resampled:
-        image = io.resample_to(image, grid, order=0 if interp == "nearest" else 1)
-    tensor = io.to_tensor(image)
-    if interp == "linear":
-        tensor = tensor.float()
-    result = io.from_tensor(spatial.warp(tensor, torch.from_numpy(field.disp)[None], mode=interp), grid)
+    if resampled:  # one interpolation, from the image's own grid through the affines and the field
+        result = warp_across_grids(image, grid, torch.from_numpy(field.disp)[None], mode=interp)
+    else:
+        tensor = io.to_tensor(image)
+        if interp == "linear":
+            tensor = tensor.float()
+        result = io.from_tensor(spatial.warp(tensor, torch.from_numpy(field.disp)[None], mode=interp), grid)
     if interp == "nearest" and integer:
         result.data = result.data.astype(image.data.dtype)
     io.save_volume(result, moved, description=f"morphreg {__version__}: warped by {Path(warp).name}")
