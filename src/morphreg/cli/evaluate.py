@@ -11,6 +11,7 @@ from ._common import (
     NORMALISE_HELP,
     UserError,
     add_precision_flag,
+    add_runner_args,
     apply_lambda,
     check_folder_output,
     device_or_error,
@@ -19,6 +20,7 @@ from ._common import (
     non_negative_int,
     normalise_arg,
     positive_float,
+    runner_from_args,
     subject_names,
 )
 
@@ -45,6 +47,7 @@ def add_parser(command: Any) -> None:
                    help="where to register (auto: cuda when available)")
     add_precision_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runner_args(p, "pairs")
 
 
 def _check_out(args: argparse.Namespace) -> Path:
@@ -62,20 +65,19 @@ def _check_out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _pairs(args: argparse.Namespace, model: Any) -> Any:
-    from ..workflows.evaluate import load_pair_rows, pairs_from_csv
+def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pairs CSV's rows (paths), from paths or from subject IDs with --images [--segs]."""
+    from ..data import read_pairs_csv
     from ..workflows.subjects import resolve_subject_pairs
 
-    normalise = normalise_arg(args.normalise, model)
     if args.images:
         try:
-            rows = resolve_subject_pairs(args.pairs, args.images, args.segs)
+            return resolve_subject_pairs(args.pairs, args.images, args.segs)
         except ValueError as err:
             raise UserError(f"--pairs/--images/--segs: {err}") from None
-        return load_pair_rows(args.pairs, rows, normalise, model.ndim)
     if args.segs:
         raise UserError("--segs names label maps by subject ID: give --images too")
-    return pairs_from_csv(args.pairs, normalise, ndim=model.ndim)
+    return read_pairs_csv(args.pairs)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -87,13 +89,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``morphreg evaluate`` (under torchrun the ranks share the pairs; rank 0 reports)."""
+    """``morphreg evaluate``: the pairs run on the runner (--workers/--scheduler), or under torchrun
+    the ranks share them and rank 0 reports."""
     import torch
 
     from ..workflows.distributed import check_env, init_from_env
-    from ..workflows.evaluate import evaluate_pairs
+    from ..workflows.evaluate import evaluate_jobs, evaluate_pairs, evaluation_jobs, load_pair_rows
     from ..workflows.pipeline import NetworkRegistration
     from ..workflows.report_html import write_html_report
+    from ..workflows.spec import RegistrationSpec
 
     check_env()
     out = _check_out(args)
@@ -103,12 +107,22 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device("cuda", info.local_rank)
     model = load_network(args.model, device)
     apply_lambda(model, args.weight, "")
-    pairs = _pairs(args, model)
+    normalise = normalise_arg(args.normalise, model)
+    rows = _rows(args)
     labels = label_table(args.labels)
     names = labels.names if labels else None
-    registration = NetworkRegistration(model, device, precision=args.precision)
-    summary = evaluate_pairs(registration, pairs, out, figures=args.figures,
-                             with_hd95=not args.no_hd95, progress=not args.no_progress, label_names=names)
+    if info.enabled:  # torchrun: every rank takes every world_size-th pair
+        pairs = load_pair_rows(args.pairs, rows, normalise, model.ndim)
+        registration = NetworkRegistration(model, device, precision=args.precision)
+        summary = evaluate_pairs(registration, pairs, out, figures=args.figures,
+                                 with_hd95=not args.no_hd95, progress=not args.no_progress, label_names=names)
+    else:
+        runner = runner_from_args(args, "evaluate", progress=not args.no_progress)
+        spec = RegistrationSpec(method="network", model=args.model, weight=args.weight, normalise=args.normalise,
+                                precision=args.precision, device=str(device))
+        jobs = evaluation_jobs(args.pairs, rows, spec, out, ndim=model.ndim, figures=args.figures,
+                               with_hd95=not args.no_hd95, label_names=names)
+        summary = evaluate_jobs(jobs, out, runner, figures=args.figures)
     if info.is_main:
         _print_summary(summary)
         page = write_html_report(out, title=f"morphreg evaluate: {subject_names(args.model)[0]} on "

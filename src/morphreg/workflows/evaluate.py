@@ -10,8 +10,9 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from .._files import ReportDir, atomic_write, atomic_write_text
 from ..data import read_pairs_csv
 from . import distributed as dist_utils
 from .files import check_finite_field, load_pair, network_input, run_timed
+from .jobs import JobStatus, first_line, job_status
 from .pipeline import Registration
+from .spec import RegistrationSpec
 
 #: The files :func:`evaluate_pairs` writes in its report folder (besides ``figures/``).
 REPORT_FILES = ReportDir.FILES
@@ -92,6 +95,48 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, A
     atomic_write(path, write)
 
 
+def score_pair(register: Registration, pair: EvalPair, *, labels: Sequence[int] | None = None,
+               label_names: Mapping[int, str] | None = None, spacing: Sequence[float] | None = None,
+               with_hd95: bool = True, figure_stem: Path | None = None, viz: Any = None,
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Register one pair and score it: ``(pairs.csv row, structures.csv rows)``; figures at
+    ``figure_stem`` (``..._registration.png`` etc.) when given."""
+    output, seconds = run_timed(register, pair.moving, pair.fixed)
+    disp = output.disp.detach().float().cpu()
+    check_finite_field(disp)
+    row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
+                           "folding_pct": float(metrics.folding_fraction(disp)[0]),
+                           "sdlogj": float(metrics.log_jacobian_std(disp)[0]), "seconds": seconds}
+    moved = spatial.warp(pair.moving, disp)
+    moved_seg = None
+    structure_rows: list[dict[str, Any]] = []
+    if pair.moving_seg is not None and pair.fixed_seg is not None:
+        moved_seg = spatial.warp(pair.moving_seg, disp, mode="nearest")
+        before = metrics.dice(pair.moving_seg, pair.fixed_seg, labels)
+        after = metrics.dice(moved_seg, pair.fixed_seg, before.labels)
+        row["dice_before"] = float(before.mean[0])
+        row["dice_after"] = float(after.mean[0])
+        if with_hd95:
+            for key, seg in (("hd95_before", pair.moving_seg), ("hd95_after", moved_seg)):
+                row[key] = float(metrics.hd95(seg, pair.fixed_seg, before.labels, pair.spacing or spacing).mean[0])
+        for j, label in enumerate(before.labels.tolist()):
+            name = (label_names or {}).get(label, str(label))
+            b, a = float(before.per_label[0, j]), float(after.per_label[0, j])
+            structure_rows.append({"pair": pair.name, "label": label, "structure": name,
+                                   "dice_before": b, "dice_after": a})
+    if figure_stem is not None and viz is not None:
+        figure_stem.parent.mkdir(parents=True, exist_ok=True)
+        as_np = [t[0, 0].numpy() for t in (pair.fixed, pair.moving, moved)]
+        segs = {}
+        if moved_seg is not None:
+            segs = {"fixed_seg": pair.fixed_seg[0, 0].numpy(), "moving_seg": pair.moving_seg[0, 0].numpy(),
+                    "moved_seg": moved_seg[0, 0].numpy()}
+        viz.plot_registration(*as_np, f"{figure_stem}_registration.png", title=pair.name, **segs)
+        viz.plot_overview(*as_np, disp[0].numpy(), f"{figure_stem}_overview.png")
+        viz.plot_jacobian(disp[0].numpy(), f"{figure_stem}_jacobian.png")
+    return row, structure_rows
+
+
 def evaluate_pairs(
     register: Registration,
     pairs: Iterable[EvalPair],
@@ -132,42 +177,23 @@ def evaluate_pairs(
     for index, pair in enumerate(tqdm(pairs, desc="evaluate", disable=not (progress and info.is_main))):
         if index % info.world_size != info.rank:  # under torchrun, ranks take turns
             continue
-        output, seconds = run_timed(register, pair.moving, pair.fixed)
-        disp = output.disp.detach().float().cpu()
-        check_finite_field(disp)
-        row: dict[str, Any] = {"pair": pair.name, "moving": pair.moving_name, "fixed": pair.fixed_name,
-                               "folding_pct": float(metrics.folding_fraction(disp)[0]),
-                               "sdlogj": float(metrics.log_jacobian_std(disp)[0]), "seconds": seconds}
-        moved = spatial.warp(pair.moving, disp)
-        moved_seg = None
-        if pair.moving_seg is not None and pair.fixed_seg is not None:
-            moved_seg = spatial.warp(pair.moving_seg, disp, mode="nearest")
-            before = metrics.dice(pair.moving_seg, pair.fixed_seg, labels)
-            after = metrics.dice(moved_seg, pair.fixed_seg, before.labels)
-            row["dice_before"] = float(before.mean[0])
-            row["dice_after"] = float(after.mean[0])
-            if with_hd95:
-                for key, seg in (("hd95_before", pair.moving_seg), ("hd95_after", moved_seg)):
-                    row[key] = float(metrics.hd95(seg, pair.fixed_seg, before.labels, pair.spacing or spacing).mean[0])
-            for j, label in enumerate(before.labels.tolist()):
-                name = (label_names or {}).get(label, str(label))
-                b, a = float(before.per_label[0, j]), float(after.per_label[0, j])
-                structure_rows.append({"pair": pair.name, "label": label, "structure": name,
-                                       "dice_before": b, "dice_after": a})
+        stem = out / "figures" / f"pair{index:03d}" if index < figures else None
+        row, structures = score_pair(register, pair, labels=labels, label_names=label_names, spacing=spacing,
+                                     with_hd95=with_hd95, figure_stem=stem, viz=viz)
         pair_rows.append(row)
-        if index < figures and viz is not None:
-            (out / "figures").mkdir(parents=True, exist_ok=True)
-            stem = out / "figures" / f"pair{index:03d}"
-            as_np = [t[0, 0].numpy() for t in (pair.fixed, pair.moving, moved)]
-            segs = {}
-            if moved_seg is not None:
-                segs = {"fixed_seg": pair.fixed_seg[0, 0].numpy(), "moving_seg": pair.moving_seg[0, 0].numpy(),
-                        "moved_seg": moved_seg[0, 0].numpy()}
-            viz.plot_registration(*as_np, f"{stem}_registration.png", title=pair.name, **segs)
-            viz.plot_overview(*as_np, disp[0].numpy(), f"{stem}_overview.png")
-            viz.plot_jacobian(disp[0].numpy(), f"{stem}_jacobian.png")
-    pair_rows = sorted(dist_utils.all_gather_objects(pair_rows, info), key=lambda r: r["pair"])
-    structure_rows = sorted(dist_utils.all_gather_objects(structure_rows, info), key=lambda r: (r["pair"], r["label"]))
+        structure_rows += structures
+    pair_rows = dist_utils.all_gather_objects(pair_rows, info)
+    structure_rows = dist_utils.all_gather_objects(structure_rows, info)
+    summary, per_structure = summarise(pair_rows, structure_rows, method)
+    if info.is_main:
+        write_reports(out, pair_rows, structure_rows, summary, per_structure, viz)
+    return summary
+
+
+def summarise(pair_rows: list[dict[str, Any]], structure_rows: list[dict[str, Any]], method: str
+              ) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """The summary of scored pairs (means, SDs, medians), and the Dice values per structure
+    before and after (for the box plot)."""
     per_structure: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     for srow in structure_rows:
         if math.isfinite(srow["dice_after"]):
@@ -177,16 +203,22 @@ def evaluate_pairs(
     for key in PAIR_COLUMNS[3:]:
         summary[key] = _nan_stats([r.get(key, math.nan) for r in pair_rows])
     summary["per_structure_dice_after"] = {k: _nan_stats(v)["mean"] for k, v in per_structure["after"].items()}
-    if not info.is_main:
-        return summary
+    return summary, per_structure
+
+
+def write_reports(out: Path, pair_rows: list[dict[str, Any]], structure_rows: list[dict[str, Any]],
+                  summary: dict[str, Any], per_structure: dict[str, dict[str, list[float]]], viz: Any) -> None:
+    """``pairs.csv``, ``structures.csv``, ``summary.json`` and the Dice box plot in ``out``."""
+    pair_rows = sorted(pair_rows, key=lambda r: r["pair"])
+    structure_rows = sorted(structure_rows, key=lambda r: (r["pair"], r["label"]))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     _write_csv(out / "pairs.csv", PAIR_COLUMNS, pair_rows)
     _write_csv(out / "structures.csv", ("pair", "label", "structure", "dice_before", "dice_after"), structure_rows)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if structure_rows and viz is not None:
         viz.plot_dice_boxplot({"before": per_structure["before"], "after": per_structure["after"]},
-                              out / "figures" / "dice_per_structure.png", title=f"{method}: Dice per structure")
-    return summary
+                              out / "figures" / "dice_per_structure.png",
+                              title=f"{summary['method']}: Dice per structure")
 
 
 def _viz_or_none(figures: int) -> Any:
@@ -205,3 +237,86 @@ def _viz_or_none(figures: int) -> Any:
             ) from None
         return None
     return viz
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Score one pair of a CSV with ``spec`` (one runner job; ``finished`` is never true: an
+    evaluation writes one report, not one file per pair)."""
+
+    row: int
+    name: str
+    moving: str
+    fixed: str
+    spec: RegistrationSpec
+    moving_seg: str | None = None
+    fixed_seg: str | None = None
+    input_names: tuple[tuple[str, str], ...] = ()
+    ndim: int | None = None
+    where: str = ""
+    labels: tuple[int, ...] | None = None
+    label_names: tuple[tuple[int, str], ...] = ()
+    with_hd95: bool = True
+    figure_stem: str | None = None
+
+    def finished(self) -> bool:
+        return False
+
+    def run(self, resume: bool = False) -> JobStatus:
+        """Never raises for this pair's failures; ``extra`` holds ``(pairs.csv row, structures.csv rows)``."""
+        start = time.perf_counter()
+        try:
+            pair = load_pair(self.moving, self.fixed, self.moving_seg, self.fixed_seg,
+                             names=dict(self.input_names) or None)
+            if self.ndim is not None and pair.fixed.ndim != self.ndim:
+                raise ValueError(f"{self.where} images are {pair.fixed.ndim}D, expected {self.ndim}D")
+            built = self.spec.build(pair, moving_path=self.moving)
+            segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
+            scored = EvalPair(self.name, network_input(pair.moving, built.normalise),
+                              network_input(pair.fixed, built.normalise), *segs, moving_name=self.moving,
+                              fixed_name=self.fixed, spacing=tuple(float(v) for v in pair.fixed.spacing))
+            stem = Path(self.figure_stem) if self.figure_stem else None
+            row, structures = score_pair(built.registration, scored, labels=self.labels,
+                                         label_names=dict(self.label_names), with_hd95=self.with_hd95,
+                                         figure_stem=stem, viz=_viz_or_none(1) if stem else None)
+        except Exception as err:  # noqa: BLE001 - this pair's status
+            return job_status(self, "error", start, first_line(err))
+        return replace(job_status(self, "done", start, dice=row.get("dice_after", math.nan)), extra=(row, structures))
+
+
+def evaluation_jobs(csv_path: str | os.PathLike[str], rows: list[dict[str, Any]], spec: RegistrationSpec,
+                    out_dir: str | os.PathLike[str], *, ndim: int | None = None, figures: int = 4,
+                    with_hd95: bool = True, label_names: Mapping[int, str] | None = None) -> list[EvalJob]:
+    """One :class:`EvalJob` per row of a pairs CSV (rows from :func:`morphreg.data.read_pairs_csv`)."""
+    jobs = []
+    for i, row in enumerate(rows):
+        where = f"`pairs_csv` '{csv_path}' line {i + 2}:"
+        names = tuple((k, f"{where} {k}") for k in ("moving", "fixed", "moving_seg", "fixed_seg"))
+        cells = {k: (str(row[k]) if row.get(k) is not None else None) for k in ("moving_seg", "fixed_seg")}
+        jobs.append(EvalJob(i + 1, f"{i:04d}", str(row["moving"]), str(row["fixed"]), spec, cells["moving_seg"],
+                            cells["fixed_seg"], names, ndim, f"pairs file '{csv_path}' line {i + 2}:",
+                            label_names=tuple((label_names or {}).items()), with_hd95=with_hd95,
+                            figure_stem=str(Path(out_dir) / "figures" / f"pair{i:03d}") if i < figures else None))
+    return jobs
+
+
+def evaluate_jobs(jobs: Sequence[EvalJob], out_dir: str | os.PathLike[str], runner: Any = None, *,
+                  method: str = "morphreg", figures: int = 4) -> dict[str, Any]:
+    """Run ``jobs`` on ``runner`` (:mod:`morphreg.workflows.runner`) and write the reports, as
+    :func:`evaluate_pairs` does.
+
+    Raises:
+        ValueError: a pair failed (the first failing row's message); no report is written.
+    """
+    from .runner import run_jobs
+
+    viz = _viz_or_none(figures)
+    statuses = run_jobs(jobs, runner, report=lambda line: None)
+    failed = [s for s in statuses if s.status == "error"]
+    if failed:
+        raise ValueError(failed[0].message)
+    pair_rows = [s.extra[0] for s in statuses]
+    structure_rows = [r for s in statuses for r in s.extra[1]]
+    summary, per_structure = summarise(pair_rows, structure_rows, method)
+    write_reports(Path(out_dir), pair_rows, structure_rows, summary, per_structure, viz)
+    return summary

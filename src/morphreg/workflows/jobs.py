@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -56,6 +56,7 @@ class JobStatus:
         dice: mean Dice of the moved labels against the fixed labels, when both are given.
         peak_memory_mb: peak resident memory of the process that ran it, so far (MB).
         worker: where it ran (a Dask worker address, or empty in this process).
+        extra: what the job computed beyond its files (an evaluation's scores; not a column).
     """
 
     row: int
@@ -66,6 +67,7 @@ class JobStatus:
     dice: float = math.nan
     peak_memory_mb: float = math.nan
     worker: str = ""
+    extra: Any = field(default=None, compare=False, repr=False)
 
     def cells(self) -> list[str]:
         """The row of the status table."""
@@ -74,7 +76,7 @@ class JobStatus:
                 return "" if math.isnan(value) else f"{value:.4g}"
             return str(value)
 
-        return [text(getattr(self, f.name)) for f in fields(self)]
+        return [text(getattr(self, name)) for name in STATUS_COLUMNS]
 
 
 class Job(Protocol):
