@@ -228,3 +228,15 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_bad_iterations_are_usage_errors(value, tmp_path, capsys):
     assert main(["template", "--images", str(tmp_path), "--out", str(tmp_path / "T"), "--iterations", value]) == 2
     assert "--iterations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_on_local_dask_workers(tmp_path, capsys):
+    """The iterations' jobs go through the engine's local Dask cluster and give the in-process template."""
+    _population(tmp_path, (24, 28), [(-2, 1), (2, -1), (1, 2)])
+    common = ["template", "--images", str(tmp_path / "img"), "--iterations", "0", "--threads", "1"]
+    assert main([*common, "--out", str(tmp_path / "T1"), "--workers", "1", "--quiet"]) == 0
+    assert main([*common, "--out", str(tmp_path / "T2"), "--workers", "2"]) == 0
+    assert "2 worker processes" in capsys.readouterr().err
+    one, two = (io.load_volume(tmp_path / t / "template.nii.gz").data for t in ("T1", "T2"))
+    np.testing.assert_allclose(two, one, atol=1e-4)

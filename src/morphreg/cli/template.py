@@ -105,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
     last = result.log[-1]
     print(f"template of {len(result.subjects)} images in {result.out} ({len(result.log) - 1} iteration(s) after the "
           f"affine average, {result.seconds:.1f} s); last mean displacement to the previous template "
-          f"{last.mean_disp_norm:.3g} voxels")
+          f"{last.mean_disp_norm:.3g} voxels; the subjects' warps fold in at most "
+          f"{100 * max(result.folding.values()):.3g}% of the voxels")
     return 0

@@ -178,7 +178,7 @@ class IterationLog:
             (intensities on [0, 1]).
         sharpness: mean gradient magnitude of the template (intensity per voxel; grows as it sharpens).
         seconds: wall time of the stage (registrations and update).
-        registration_seconds: sum of the registrations' own times (over all workers).
+        registration_seconds: sum of the jobs' wall times (load, register, write; over all workers).
     """
 
     iteration: int
