@@ -190,8 +190,9 @@ def register_pair(pair: PairOnGrid, registration: Registration, *, normalise: st
         moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
         if pair.fixed_seg is not None:
             dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
+    matrix = output.matrix.detach().cpu() if output.matrix is not None else None  # made on the device
     return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice,
-                          inverse[0].numpy() if inverse is not None else None, output.matrix)
+                          inverse[0].numpy() if inverse is not None else None, matrix)
 
 
 def dice_before(pair: PairOnGrid, labels: torch.Tensor) -> metrics.LabelScores | None:
