@@ -13,6 +13,22 @@ DATA_DIR = Path(os.environ.get("MORPHREG_DATA", REPO.parent / "shared" / "data")
 OASIS2D = DATA_DIR / "oasis2d_neurite" / "oasis2d.npz"
 
 
+def pytest_addoption(parser):
+    """``--device cuda`` (or ``MORPHREG_TEST_DEVICE=cuda``): where the device tests
+    (``tests/test_device.py``, the ``device`` fixture) put their tensors; default ``cpu``."""
+    parser.addoption("--device", default=os.environ.get("MORPHREG_TEST_DEVICE", "cpu"), choices=("cpu", "cuda"),
+                     help="device of the tests that take the `device` fixture (default: cpu)")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The ``--device`` of this run; a test asking for ``cuda`` without CUDA is skipped, not failed."""
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda: CUDA is not available")
+    return torch.device(name)
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_and_seed():
     """Every test runs on one intra-op thread (timings and results do not depend on the machine's

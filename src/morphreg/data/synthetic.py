@@ -29,7 +29,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch.utils.data import Dataset
 
 from .. import spatial
@@ -38,6 +37,8 @@ from .preprocess import normalise_intensity
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     """Gaussian-smoothed white noise rescaled to unit standard deviation."""
+    from scipy import ndimage  # imported where needed: ~0.3 s
+
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
     return field / max(float(field.std()), 1e-12)
 
@@ -110,6 +111,8 @@ def synthetic_shapes(
     Returns:
         ``(images, labels)``: float32 ``(n, *shape)`` in [0, 1] and uint8 ``(n, *shape)``.
     """
+    from scipy import ndimage  # imported where needed: ~0.3 s
+
     fn = "morphreg.data.synthetic_shapes"
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 8:

@@ -250,8 +250,9 @@ def finish_registration(pair: PairOnGrid, output: Any, seconds: float) -> Regist
     dice = None
     if moved_seg is not None and pair.fixed_seg is not None:
         dice = metrics.dice(io.to_tensor(moved_seg), io.to_tensor(pair.fixed_seg))
+    matrix = output.matrix.detach().cpu() if output.matrix is not None else None  # made on the device
     return RegisteredPair(moved, disp[0].numpy(), moved_seg, seconds, dice,
-                          inverse[0].numpy() if inverse is not None else None, output.matrix)
+                          inverse[0].numpy() if inverse is not None else None, matrix)
 
 
 def warp_moving(pair: PairOnGrid, disp: torch.Tensor) -> tuple[io.Volume, io.Volume | None]:
