@@ -39,11 +39,11 @@ WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=movin
 MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
                       "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
                       "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
-OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc")
+OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty")
 INPUT_FLAGS = ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model", "--init-matrix",
                "--init-warp")
 OUTPUT_KINDS = {"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
-                "--inverse-warp": "warp"}
+                "--inverse-warp": "warp", "--uncertainty": "volume"}
 
 
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,9 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
                         "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
     p.add_argument("--jacobian", default=None,
                    help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
+    p.add_argument("--uncertainty", default=None,
+                   help="output: per-voxel standard deviation of the velocity posterior (voxels, RMS over its "
+                        "components) of a probabilistic network (train --model probabilistic)")
     p.add_argument("--qc", default=None,
                    help="output: quality-control figure (PNG) in anatomical orientation: images, difference, "
                         "Jacobian over the anatomy, named structures")
@@ -143,6 +146,12 @@ def _method(args: argparse.Namespace) -> str:
         raise UserError(f"--method {method} registers without a network; drop --model or --method")
     if args.moved_seg and not args.moving_seg:
         raise UserError("--moved-seg needs --moving-seg")
+    if args.uncertainty and method != "network":
+        raise UserError(f"--uncertainty is the posterior of a probabilistic network; --method {method} has none")
+    chained = [flag for flag in ("--affine", "--affine-model", "--optimize", "--init-matrix", "--init-warp")
+               if value_of(args, flag)]
+    if args.uncertainty and chained:
+        raise UserError(f"--uncertainty is the network's own posterior; it is not defined after {chained[0]}")
     if (args.affine or args.affine_model) and method != "network":
         raise UserError("--affine/--affine-model prepend alignment to a network: give --model")
     return method
@@ -203,6 +212,9 @@ def _registration(args: argparse.Namespace, method: str, pair: Any, device: Any)
 
     if method == "network":
         model = _network(args, args.model, "--model", device, pair.fixed.ndim)
+        if args.uncertainty and type(model).__name__ != "ProbVxmDense":
+            raise UserError(f"--uncertainty is written by a probabilistic network (train --model probabilistic); "
+                            f"--model holds a {type(model).__name__}")
         if args.weight is not None and not args.optimize or hasattr(model, "check_weight"):
             apply_lambda(model, args.weight, "(without --optimize)")
         normalise = normalise_arg(args.normalise, model)
@@ -254,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs:
         from .cohort import run as run_cohort
 
+        if args.uncertainty:
+            raise UserError("--uncertainty is written for one pair (--moving/--fixed), not a --pairs cohort")
         return run_cohort(args)
     method = _method(args)
     _check_method_flags(args, method)
@@ -271,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
                          "onto the fixed grid through the affines")
     registration, normalise = _registration(args, method, pair, device)
     result = register_pair(pair, registration, normalise=normalise)
-    paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc)
+    paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc,
+                        args.uncertainty)
     formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, labels,
                             subject_names(args.moving, args.fixed))  # type: ignore[arg-type]
     write_outputs(pair, result, paths, formats, moving_path=args.moving, fixed_path=args.fixed, key=args.npz_key,

@@ -47,6 +47,8 @@ class RegisteredPair:
         dice: Dice of ``moved_seg`` against the fixed labels (both label maps given), else ``None``.
         inverse_disp: ``(ndim, *spatial)`` voxels, when the registration provides it.
         matrix: ``(1, ndim, ndim + 1)`` voxel matrix of the affine part, when there is one.
+        uncertainty: ``(*spatial)`` posterior standard deviation of the velocity in voxels (RMS over its
+            components) of a probabilistic network, else ``None``.
     """
 
     moved: io.Volume
@@ -56,6 +58,7 @@ class RegisteredPair:
     dice: metrics.LabelScores | None
     inverse_disp: np.ndarray | None = None
     matrix: torch.Tensor | None = None
+    uncertainty: np.ndarray | None = None
 
 
 def _npz_key(path: PathLike, key: str | None) -> str | None:
@@ -190,8 +193,11 @@ def register_pair(pair: PairOnGrid, registration: Registration, *, normalise: st
         moved_seg.data = moved_seg.data.astype(pair.moving_seg.data.dtype)
         if pair.fixed_seg is not None:
             dice = metrics.dice(moved_seg_t, io.to_tensor(pair.fixed_seg))
+    uncertainty = None
+    if output.velocity_stats is not None:  # a probabilistic network: std = sqrt(mean_k exp(log σ_k²))
+        uncertainty = output.velocity_stats[1].detach().float().cpu().exp().mean(dim=1)[0].sqrt().numpy()
     return RegisteredPair(io.from_tensor(moved, pair.fixed), disp[0].numpy(), moved_seg, seconds, dice,
-                          inverse[0].numpy() if inverse is not None else None, output.matrix)
+                          inverse[0].numpy() if inverse is not None else None, output.matrix, uncertainty)
 
 
 def dice_before(pair: PairOnGrid, labels: torch.Tensor) -> metrics.LabelScores | None:
