@@ -209,6 +209,8 @@ class _Loop:
             if done % settings.checkpoint_every == 0 or is_last:
                 self._checkpoint(done, batch, is_val)
             if is_last:
+                self.logger.info("ran steps %d-%d in %.1f CPU s, %.1f s wall", self.start + 1, done,
+                                 time.process_time() - c0, time.perf_counter() - t0)
                 if self.end < settings.steps:
                     self.logger.info("stopped at step %d: max_minutes=%s / max_cpu_minutes=%s reached (%.1f CPU s)",
                                      done, settings.max_minutes, settings.max_cpu_minutes, time.process_time() - c0)
