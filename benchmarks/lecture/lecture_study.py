@@ -10,13 +10,15 @@ folding = % of voxels with det J <= 0). Inverse-consistency error: mean over the
 ``|φ_ab∘φ_ba - Id|`` and ``|φ_ba∘φ_ab - Id|`` in voxels (both directions registered). Seconds
 per pair: the median forward pass, one thread. Paired test against the shipped ``brain2d``:
 Wilcoxon signed-rank on the 128 per-pair seg24 Dice values (scipy). Per-pair rows go to
-``benchmarks/work/lecture/pairs.csv`` (git-ignored).
+``benchmarks/work/lecture/pairs.csv`` (git-ignored); each checkpoint's scores are cached there by its
+sha256 (``--only NAME`` scores a run as soon as it finishes).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import re
@@ -31,12 +33,12 @@ from scipy import stats
 
 from benchmarks import common
 from benchmarks.zoo import zoo_common as zc
-from morphreg import zoo
 from morphreg.models import load_model
 from morphreg.workflows.train.inverse_consistency import inverse_consistency_error
 
 OUT = common.RESULTS / "lecture.md"
 WORK = common.WORK / "lecture"
+BRAIN2D = common.REPO / "src" / "morphreg" / "zoo" / "brain2d.pt"  # the shipped weights
 BUDGET_NOTE = "10 CPU minutes per family (`--max-cpu-minutes 10`), one thread, `nice -n 19`"
 
 
@@ -112,6 +114,22 @@ def evaluate(model: torch.nn.Module, stack: dict, pairs: list) -> dict:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def cached_evaluation(name: str, path: Path, stack: dict, pairs: list) -> dict:
+    """:func:`evaluate` of the checkpoint ``path``, kept in ``WORK/NAME.json`` for that file's sha256 (a
+    finished run is scored once, when it finishes; a changed checkpoint is scored again)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    cache = WORK / f"{name}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("sha256") == digest:
+            return saved
+    result = evaluate(load_model(path), stack, pairs)
+    result.update(sha256=digest, load_average=common.load_average())
+    WORK.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    return result
+
+
 def _row(family: Family, result: dict, base: dict | None, facts: dict | None) -> str:
     dice = result["rows"]["seg24"]
     if base is None:
@@ -133,19 +151,24 @@ def _row(family: Family, result: dict, base: dict | None, facts: dict | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=common.REPO / "runs" / "lecture")
+    parser.add_argument("--only", nargs="+", default=None, help="score these runs now (cached), write no report")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stack, pairs = zc.test_pairs()
     load_start = common.load_average()
     results, facts, missing = {}, {}, []
     for family in FAMILIES:
+        if args.only is not None and (family.name or "brain2d") not in args.only:
+            continue
         if family.name and not finished(args.runs / family.name):
             missing.append(family.name)
             continue
-        model = zoo.load("brain2d") if not family.name else load_model(args.runs / family.name / "model.pt")
-        results[family.name] = evaluate(model, stack, pairs)
+        path = BRAIN2D if not family.name else args.runs / family.name / "model.pt"
+        results[family.name] = cached_evaluation(family.name or "brain2d", Path(path), stack, pairs)
         facts[family.name] = run_facts(args.runs / family.name) if family.name else None
         print(f"{family.label}: seg24 {np.mean(results[family.name]['rows']['seg24']):.4f}", flush=True)
+    if args.only is not None:
+        return
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
