@@ -107,3 +107,22 @@ def test_max_cpu_minutes_stops_a_run_resumably(dataset, tmp_path):
     assert "max_cpu_minutes=0.0001 reached" in (out / "train.log").read_text()
     assert main([*common, "--steps", "3", "--out", str(out), "--resume"]) == 0  # the budget may change on resume
     assert torch.load(out / "state.pt", weights_only=True)["step"] == 3
+
+
+def test_gradicon_cascade_under_ddp_matches_one_process_at_the_same_global_batch(dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    common = ["train", "--data", str(dataset / "img"), "--loss", "ncc", "--steps", "4", "--val-every", "4",
+              "--checkpoint-every", "4", "--seed", "7", "--no-progress", "--threads", "1", "--int-steps", "5",
+              "--model", "cascade", "--stages", "2", "--inverse-consistency", "gradicon", *TINY]
+    assert main([*common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "morphreg.cli", *common, "--batch-size", "1", "--out", str(tmp_path / "two")]
+    result = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
