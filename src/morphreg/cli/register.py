@@ -37,11 +37,11 @@ WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=movin
 MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
                       "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
                       "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
-OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc")
+OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty")
 INPUT_FLAGS = ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model", "--init-matrix",
                "--init-warp")
 OUTPUT_KINDS = {"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
-                "--inverse-warp": "warp"}
+                "--inverse-warp": "warp", "--uncertainty": "volume"}
 
 
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,9 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
                         "diffeomorphic networks, otherwise a fixed-point inverse whose residual is printed")
     p.add_argument("--jacobian", default=None,
                    help="output: Jacobian determinant of the transform on the fixed grid (<= 0: folding)")
+    p.add_argument("--uncertainty", default=None,
+                   help="output: per-voxel standard deviation of the velocity posterior (voxels, RMS over its "
+                        "components) of a probabilistic network (train --model probabilistic)")
     p.add_argument("--qc", default=None,
                    help="output: quality-control figure (PNG) in anatomical orientation: images, difference, "
                         "Jacobian over the anatomy, named structures")
@@ -147,6 +150,12 @@ def _method(args: argparse.Namespace) -> str:
     if args.moved_seg and not args.moving_seg:
         raise UserError("--moved-seg needs --moving-seg")
     check_affine_flags(args, method)
+    if args.uncertainty and method != "network":
+        raise UserError(f"--uncertainty is the posterior of a probabilistic network; --method {method} has none")
+    chained = [flag for flag in ("--affine", "--affine-model", "--optimize", "--init-matrix", "--init-warp")
+               if value_of(args, flag)]
+    if args.uncertainty and chained:
+        raise UserError(f"--uncertainty is the network's own posterior; it is not defined after {chained[0]}")
     return method
 
 
@@ -213,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs:
         from .cohort import run as run_cohort
 
+        if args.uncertainty:
+            raise UserError("--uncertainty is written for one pair (--moving/--fixed), not a --pairs cohort")
         return run_cohort(args)
     method = _method(args)
     _check_method_flags(args, method)
@@ -221,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     check_distinct({flag: value_of(args, flag) for flag in OUTPUT_FLAGS},
                    {flag: value_of(args, flag) for flag in INPUT_FLAGS})
     device = device_or_error(args.device)
-    paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc)
+    paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc,
+                        args.uncertainty)
     formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, labels,
                             subject_names(args.moving, args.fixed))  # type: ignore[arg-type]
     job = PairJob(1, "pair", args.moving, args.fixed, paths, spec_from_args(args, method), formats, args.moving_seg,

@@ -32,7 +32,9 @@ SETTING_FLAGS = {"model": "--model", "loss": "--loss", "weight": "--lambda", "in
                  "batch_size": "--batch-size", "lr": "--lr", "lr_schedule": "--lr-schedule", "seed": "--seed",
                  "enc": "--enc", "dec": "--dec", "normalise": "--normalise", "val_fraction": "--val-fraction",
                  "val_pairs": "--val-pairs", "augment": "--augment",
-                 "hyper": "--hyper", "hyper_range": "--hyper-range"}
+                 "hyper": "--hyper", "hyper_range": "--hyper-range", "stages": "--stages",
+                 "inverse_consistency": "--inverse-consistency", "ic_weight": "--ic-weight",
+                 "image_sigma": "--image-sigma"}
 DATA_FLAGS = ("--data", "--segs", "--atlas", "--atlas-seg", "--pairs")
 
 
@@ -61,7 +63,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "value validated (choose it at registration with `register --lambda`)")
     p.add_argument("--hyper-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="lambda range of --hyper, sampled log-uniformly (default: --lambda / 20 to --lambda * 20)")
-    p.add_argument("--enc", type=positive_int, nargs="+", default=[16, 32, 32, 32], help="encoder widths")
+    p.add_argument("--stages", type=positive_int, default=None,
+                   help="--model cascade: number of recursive networks, 1 to 10 (default 3)")
+    p.add_argument("--inverse-consistency", choices=["gradicon"], default=None,
+                   help="gradicon: add GradICON's penalty on the Jacobian of phi_AB o phi_BA (each step registers "
+                        "both ways); any deformable --model")
+    p.add_argument("--ic-weight", type=non_negative_float, default=None,
+                   help="weight of --inverse-consistency (default 1.5, uniGradICON's)")
+    p.add_argument("--image-sigma", type=positive_float, default=None,
+                   help="--model probabilistic: image noise sigma; the similarity is weighted 1/(2 sigma^2) and "
+                        "--lambda is the prior's lambda (default 0.02, the paper's for mse)")
+    p.add_argument("--enc", type=positive_int, nargs="+", default=[16, 32, 32, 32],
+                   help="encoder widths (vxm, cascade stages, probabilistic)")
     p.add_argument("--dec", type=positive_int, nargs="+", default=[32, 32, 32, 32, 32, 16, 16],
                    help="decoder widths")
 
@@ -71,6 +84,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="pairs per step and process")
     p.add_argument("--max-minutes", type=positive_float, default=None,
                    help="stop (validated, checkpointed, resumable) after this much wall time")
+    p.add_argument("--max-cpu-minutes", type=positive_float, default=None,
+                   help="stop likewise once the process has used this much CPU time (all threads; a budget "
+                        "that does not depend on the machine's load)")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate (docs/results/train_defaults.md: 1e-3 gains most in a short run)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
@@ -95,8 +111,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def add_parser(command: Any) -> None:
     """Add ``train`` (``command(name, help)`` makes a subparser with --debug)."""
     p = command("train", "train a VoxelMorph network on a collection of images")
-    p.add_argument("--model", choices=["vxm", "affine"], default="vxm",
-                   help="vxm: VxmDense deformable network (default); affine: AffineNet")
+    p.add_argument("--model", choices=["vxm", "affine", "cascade", "transmorph", "probabilistic"], default="vxm",
+                   help="vxm: VxmDense deformable network (default); affine: AffineNet; cascade: recursive cascade "
+                        "of --stages VxmDense composed into one field; transmorph: Swin-transformer encoder; "
+                        "probabilistic: VoxelMorph-diff (mean and variance of the velocity; needs --int-steps)")
     add_data_args(p, required=False)
     p.add_argument("--atlas", default=None, help="fixed atlas image (atlas-to-subject training)")
     p.add_argument("--atlas-seg", default=None, help="atlas label map (with --segs)")
@@ -135,6 +153,23 @@ def _check_hyper_args(args: argparse.Namespace) -> None:
             raise UserError(f"--lambda {weight:g} (the value validated) must lie within --hyper-range {low:g} {high:g}")
 
 
+def _check_family_args(args: argparse.Namespace) -> None:
+    if args.stages is not None and args.model != "cascade":
+        raise UserError(f"--stages is the number of networks of --model cascade, not of --model {args.model}")
+    if args.stages is not None and args.stages > 10:
+        raise UserError(f"--stages must be an integer in [1, 10], got {args.stages}")
+    if args.bidir and args.model == "cascade":
+        raise UserError("--bidir is not available for --model cascade (its stages compose one way)")
+    if args.image_sigma is not None and args.model != "probabilistic":
+        raise UserError(f"--image-sigma is the image noise of --model probabilistic, not of --model {args.model}")
+    if args.model == "probabilistic" and args.int_steps == 0:
+        raise UserError("--model probabilistic is diffeomorphic: give --int-steps (e.g. 7)")
+    if args.ic_weight is not None and args.inverse_consistency is None:
+        raise UserError("--ic-weight weighs --inverse-consistency; add --inverse-consistency gradicon")
+    if args.inverse_consistency and args.model == "affine":
+        raise UserError("--inverse-consistency regularises a deformable network, not --model affine")
+
+
 def _check_flags(args: argparse.Namespace, out: Path) -> None:
     from .._files import RunDir
 
@@ -147,6 +182,7 @@ def _check_flags(args: argparse.Namespace, out: Path) -> None:
     if args.bidir and args.int_steps == 0:
         raise UserError("--bidir needs a diffeomorphic model: give --int-steps (e.g. 7)")
     _check_hyper_args(args)
+    _check_family_args(args)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; give a folder for the run")
     check_distinct({f"--out (its {name})": path for name, path in RunDir(out).paths().items()},
@@ -164,7 +200,10 @@ def _settings(args: argparse.Namespace) -> Any:
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, enc=args.enc, dec=args.dec,
         deterministic=args.deterministic, amp=not args.no_amp, threads=args.threads, max_minutes=args.max_minutes,
+        max_cpu_minutes=args.max_cpu_minutes,
         normalise=normalise_arg(args.normalise), hyper=args.hyper, hyper_range=args.hyper_range,
+        stages=args.stages, inverse_consistency=args.inverse_consistency, ic_weight=args.ic_weight,
+        image_sigma=args.image_sigma,
     )
 
 

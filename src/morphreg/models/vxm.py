@@ -32,6 +32,10 @@ class RegistrationOutput(NamedTuple):
             ``inverse_disp`` when ``bidir=True``, else ``None``.
         matrix: ``(B, ndim, ndim + 1)`` voxel affine (fixed voxel -> moving voxel) for affine
             models, else ``None``.
+        stage_disps: the ``(B, ndim, *spatial)`` displacement of each stage of a cascade, first
+            stage first (their composition is ``disp``), else ``None``.
+        velocity_stats: ``(mean, log_variance)`` of the velocity posterior, each
+            ``(B, ndim, *spatial)`` in voxels (log of voxels²), for probabilistic models, else ``None``.
     """
 
     moved: torch.Tensor
@@ -40,6 +44,8 @@ class RegistrationOutput(NamedTuple):
     inverse_disp: torch.Tensor | None
     moved_fixed: torch.Tensor | None
     matrix: torch.Tensor | None = None
+    stage_disps: tuple[torch.Tensor, ...] | None = None
+    velocity_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class VxmDense(SavableModel):

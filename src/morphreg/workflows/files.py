@@ -57,6 +57,8 @@ class RegisteredPair:
         dice: Dice of ``moved_seg`` against the fixed labels (both label maps given), else ``None``.
         inverse_disp: ``(ndim, *spatial)`` voxels, when the registration provides it.
         matrix: ``(1, ndim, ndim + 1)`` voxel matrix of the affine part, when there is one.
+        uncertainty: ``(*spatial)`` posterior standard deviation of the velocity in voxels (RMS over its
+            components) of a probabilistic network, else ``None``.
     """
 
     moved: io.Volume
@@ -66,6 +68,7 @@ class RegisteredPair:
     dice: metrics.LabelScores | None
     inverse_disp: np.ndarray | None = None
     matrix: torch.Tensor | None = None
+    uncertainty: np.ndarray | None = None
 
 
 def _npz_key(path: PathLike, key: str | None) -> str | None:
@@ -251,8 +254,11 @@ def finish_registration(pair: PairOnGrid, output: Any, seconds: float) -> Regist
     if moved_seg is not None and pair.fixed_seg is not None:
         dice = metrics.dice(io.to_tensor(moved_seg), io.to_tensor(pair.fixed_seg))
     matrix = output.matrix.detach().cpu() if output.matrix is not None else None  # made on the device
+    uncertainty = None
+    if output.velocity_stats is not None:  # a probabilistic network: std = sqrt(mean_k exp(log σ_k²))
+        uncertainty = output.velocity_stats[1].detach().float().cpu().exp().mean(dim=1)[0].sqrt().numpy()
     return RegisteredPair(moved, disp[0].numpy(), moved_seg, seconds, dice,
-                          inverse[0].numpy() if inverse is not None else None, matrix)
+                          inverse[0].numpy() if inverse is not None else None, matrix, uncertainty)
 
 
 def warp_moving(pair: PairOnGrid, disp: torch.Tensor) -> tuple[io.Volume, io.Volume | None]:

@@ -35,6 +35,7 @@ class OutputPaths:
     jacobian: PathLike | None = None
     inverse_warp: PathLike | None = None
     qc: PathLike | None = None
+    uncertainty: PathLike | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
         report: receives notes (a fixed-point inverse and its residual).
     """
     formats = formats or OutputFormats()
+    if paths.uncertainty and result.uncertainty is None:  # refused before anything is written
+        raise ValueError("`uncertainty` is written by a probabilistic network (train --model probabilistic)")
     description = f"morphreg {__version__}: {Path(moving_path).name} registered to {Path(fixed_path).name}"
     io.save_volume(result.moved, paths.moved, description=description)
     if paths.warp:
@@ -126,6 +129,10 @@ def write_outputs(pair: PairOnGrid, result: RegisteredPair, paths: OutputPaths,
         _save_field(inverse, paths.inverse_warp, pair, formats)
     if paths.moved_seg:
         io.save_volume(result.moved_seg, paths.moved_seg, description=description)
+    if paths.uncertainty:
+        io.save_volume(io.Volume(result.uncertainty.astype(np.float32), pair.fixed.affine, pair.fixed.header),
+                       paths.uncertainty, description=f"morphreg {__version__}: velocity posterior std (voxels) of "
+                                                      f"{Path(moving_path).name} to {Path(fixed_path).name}")
     if paths.matrix and result.matrix is not None:
         moving = load_image(moving_path, key) if formats.matrix_format in ("fsl", "lta") else pair.moving
         try:

@@ -122,9 +122,13 @@ class _Loop:
         self.running: list[LossParts] = []
         self.last_loss = float("nan")
         self.budget = math.inf if settings.max_minutes is None else 60.0 * settings.max_minutes
+        self.cpu_budget = math.inf if settings.max_cpu_minutes is None else 60.0 * settings.max_cpu_minutes
         self.meta: dict[str, Any] = {"normalise": settings.normalise, "loss": settings.loss, "weight": settings.weight}
         if settings.hyper:
             self.meta["hyper_range"] = settings.hyper_range
+        for key in ("inverse_consistency", "ic_weight", "image_sigma"):
+            if getattr(settings, key) is not None:
+                self.meta[key] = getattr(settings, key)
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (every rank takes the same decision)."""
@@ -171,11 +175,11 @@ class _Loop:
         self.running.clear()
         self.last_loss = mean[0]
         row: dict[str, Any] = {"step": done, "loss": mean[0], "sim": mean[1], "smooth": mean[2],
-                               "seg": mean[3], "lr": lr, "seconds": round(elapsed, 2)}
+                               "seg": mean[3], "lr": lr, "seconds": round(elapsed, 2), "ic": mean[4]}
         self.bar.set_postfix(loss=f"{mean[0]:.4f}", sim=f"{mean[1]:.4f}", smooth=f"{mean[2]:.3g}", seg=f"{mean[3]:.3g}")
         if is_val:
             self._validate(done, batch, row)
-        self.logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g", done, *mean)
+        self.logger.info("step %d loss %.5f sim %.5f smooth %.5g seg %.5g ic %.5g", done, *mean)
         self.log.write(row)
 
     def _checkpoint(self, done: int, batch: dict[str, torch.Tensor], validated: bool) -> None:
@@ -188,14 +192,15 @@ class _Loop:
 
     def run(self) -> TrainResult:
         settings = self.settings
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.model.train()
         for step in range(self.start, settings.steps):
             lr = settings.lr_at(step)
             batch = self._step(step, lr)
             done = step + 1
             self.bar.update(1)
-            if self._any_rank(time.perf_counter() - t0 > self.budget):  # every rank stops together
+            over = time.perf_counter() - t0 > self.budget or time.process_time() - c0 > self.cpu_budget
+            if self._any_rank(over):  # every rank stops together
                 self.end = done
             is_last = done == self.end
             is_val = self.val_set is not None and (done % settings.val_every == 0 or is_last)
@@ -204,8 +209,11 @@ class _Loop:
             if done % settings.checkpoint_every == 0 or is_last:
                 self._checkpoint(done, batch, is_val)
             if is_last:
+                self.logger.info("ran steps %d-%d in %.1f CPU s, %.1f s wall", self.start + 1, done,
+                                 time.process_time() - c0, time.perf_counter() - t0)
                 if self.end < settings.steps:
-                    self.logger.info("stopped at step %d: max_minutes=%s reached", done, settings.max_minutes)
+                    self.logger.info("stopped at step %d: max_minutes=%s / max_cpu_minutes=%s reached (%.1f CPU s)",
+                                     done, settings.max_minutes, settings.max_cpu_minutes, time.process_time() - c0)
                 break
         return self._finish()
 
@@ -230,7 +238,7 @@ def train(
     progress: bool = True,
     n_labels: int | None = None,
 ) -> TrainResult:
-    """Train a :class:`VxmDense` (or :class:`AffineNet`) on ``train_set``; see the package docstring.
+    """Train a :class:`VxmDense` (an :class:`AffineNet`, a lecture family) on ``train_set``; see the package docstring.
 
     Args:
         settings: hyper-parameters.

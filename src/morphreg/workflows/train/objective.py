@@ -1,9 +1,13 @@
-"""The training objective: similarity + λ smoothness [+ γ Dice of warped labels], and validation."""
+"""The training objective: similarity + λ smoothness [+ γ Dice of warped labels] [+ μ GradICON], and validation.
+
+A probabilistic network's objective is ``L_sim / (2 σ_I²) + KL [+ γ Dice]`` (the KL to the Laplacian
+prior, with λ, replaces the smoothness term); a cascade's smoothness term sums over its stages.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -11,7 +15,9 @@ import torch.nn.functional as F
 
 from ... import _limits, losses, metrics, spatial
 from ...data import PairDataset
+from ...models.probabilistic import kl_loss
 from .. import distributed as dist_utils
+from .inverse_consistency import gradicon_loss
 from .settings import TrainSettings
 
 
@@ -21,10 +27,26 @@ def _one_hot(seg: torch.Tensor, n_labels: int, dtype: torch.dtype) -> torch.Tens
 
 
 class LossParts(NamedTuple):
+    """The loss of one step and its unweighted parts (``smooth`` is the KL of a probabilistic model)."""
+
     total: torch.Tensor
     sim: torch.Tensor
     smooth: torch.Tensor
     seg: torch.Tensor
+    ic: torch.Tensor
+
+
+def _smoothness(out: Any, settings: TrainSettings, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(unweighted term, weighted term)`` of the regulariser of ``out``."""
+    if out.matrix is not None:  # an affine field is smooth by construction: a penalty only pulls to identity
+        zero = out.disp.new_zeros(())
+        return zero, zero
+    if out.velocity_stats is not None:
+        kl = kl_loss(*out.velocity_stats, prior_lambda=weight)
+        return kl, kl
+    fields = out.stage_disps if out.stage_disps is not None else (out.disp,)
+    smooth = sum(losses.grad_loss(f) for f in fields)
+    return smooth, weight * smooth
 
 
 def registration_loss(
@@ -41,23 +63,35 @@ def registration_loss(
     loss divided by ``1 + λ``); ``None`` uses ``settings.weight`` on a plain network.
     """
     moving, fixed = batch["moving"], batch["fixed"]
+    moving_seg, fixed_seg = batch.get("moving_seg"), batch.get("fixed_seg")
+    both_ways = settings.inverse_consistency is not None
+    if both_ways:  # one pass over the pairs and their swaps (one forward for DistributedDataParallel)
+        moving, fixed = torch.cat([moving, fixed]), torch.cat([fixed, moving])
+        if settings.seg_weight > 0:
+            moving_seg, fixed_seg = torch.cat([moving_seg, fixed_seg]), torch.cat([fixed_seg, moving_seg])
     out = model(moving, fixed) if hyper_weight is None else model(moving, fixed, weight=hyper_weight)
     sim = similarity(out.moved, fixed)
     if settings.bidir and out.moved_fixed is not None:
         sim = 0.5 * (sim + similarity(out.moved_fixed, moving))
-    # an affine field is smooth by construction: its gradient penalty would only pull towards identity
-    smooth = losses.grad_loss(out.disp) if out.matrix is None else sim.new_zeros(())
+    weight = settings.weight if hyper_weight is None else hyper_weight
+    smooth, weighted_smooth = _smoothness(out, settings, weight)
     seg = sim.new_zeros(())
     if settings.seg_weight > 0:
-        moving_onehot = _one_hot(batch["moving_seg"], n_labels, moving.dtype)
-        fixed_onehot = _one_hot(batch["fixed_seg"], n_labels, moving.dtype)
+        moving_onehot = _one_hot(moving_seg, n_labels, moving.dtype)
+        fixed_onehot = _one_hot(fixed_seg, n_labels, moving.dtype)
         moved_onehot = spatial.warp(moving_onehot, out.disp)
         seg = losses.dice_loss(moved_onehot[:, 1:], fixed_onehot[:, 1:])
-    weight = settings.weight if hyper_weight is None else hyper_weight
-    total = settings.sim_weight * sim + weight * smooth + settings.seg_weight * seg
+    ic = sim.new_zeros(())
+    if both_ways:
+        forward, backward = out.disp.chunk(2)
+        ic = gradicon_loss(forward, backward)
+    sim_weight = settings.sim_weight
+    if out.velocity_stats is not None:
+        sim_weight = sim_weight / (2.0 * settings.image_sigma**2)
+    total = sim_weight * sim + weighted_smooth + settings.seg_weight * seg + (settings.ic_weight or 0.0) * ic
     if hyper_weight is not None:
         total = total / (1.0 + hyper_weight)
-    return LossParts(total, sim, smooth, seg)
+    return LossParts(total, sim, smooth, seg, ic)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..._files import atomic_write
 
-METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "lr", "val_dice", "val_loss", "seconds")
+METRIC_COLUMNS = ("step", "loss", "sim", "smooth", "seg", "ic", "lr", "val_dice", "val_loss", "seconds")
 
 
 def setup_logger(run_dir: Path, enabled: bool) -> logging.Logger:

@@ -14,15 +14,23 @@ from ..._files import RunDir
 from ...losses import DEFAULT_WEIGHT, LOSSES
 from .state import load_state
 
-MODEL_TYPES = ("vxm", "affine")
+#: The networks ``model`` names: VxmDense, AffineNet, and the lecture's families (CascadeVxm,
+#: TransMorph, ProbVxmDense; docs/results/lecture.md).
+MODEL_TYPES = ("vxm", "affine", "cascade", "transmorph", "probabilistic")
+#: The inverse-consistency penalties ``inverse_consistency`` takes (GradICON, Tian et al. 2023).
+IC_LOSSES = ("gradicon",)
+#: GradICON's weight when none is given: uniGradICON's (Tian et al. 2024, with LNCC).
+DEFAULT_IC_WEIGHT = 1.5
+#: The image noise σ of the probabilistic model's likelihood when none is given (the paper's, for MSE).
+DEFAULT_IMAGE_SIGMA = 0.02
 #: HyperMorph's default λ range: the loss's usual λ divided and multiplied by this.
 HYPER_SPAN = 20.0
 #: The files a run writes in its folder.
 RUN_FILES = RunDir.FILES
 #: Settings that may change when a run is resumed: how long and where it runs, how often it
 #: reports. Every other setting defines the optimisation and must stay as the run began.
-RESUMABLE_CHANGES = ("steps", "max_minutes", "device", "threads", "val_every", "checkpoint_every", "log_every",
-                     "deterministic", "amp")
+RESUMABLE_CHANGES = ("steps", "max_minutes", "max_cpu_minutes", "device", "threads", "val_every", "checkpoint_every",
+                     "log_every", "deterministic", "amp")
 
 
 class ResumeMismatch(ValueError):
@@ -46,11 +54,20 @@ class TrainSettings:
     ``weight`` is λ, the smoothness weight; ``None`` takes the paper's value for the loss
     (0.01 for MSE, 1 for NCC). ``batch_size`` is per process (global = batch_size × ranks).
     ``max_minutes`` ends training early (validated and checkpointed, resumable) once this much
-    wall time has passed in this invocation. ``normalise`` records the intensity normalisation
-    applied to the training images (saved with the model, so registration applies the same).
+    wall time has passed in this invocation; ``max_cpu_minutes`` likewise once this process has used this
+    much CPU time (all its threads together: the fair budget on a shared machine). ``normalise``
+    records the intensity normalisation applied to the training images (saved with the model, so
+    registration applies the same).
     ``hyper`` trains a HyperMorph network for λ in ``hyper_range`` (default ``weight / 20`` to
     ``weight * 20``; ``weight`` is then the λ of validation). ``sim_weight`` weighs the image
     similarity (0: labels only, as SynthMorph trains on synthesised label maps).
+
+    The lecture's families: ``model="cascade"`` trains ``stages`` VxmDense networks as one recursive
+    cascade; ``"transmorph"`` a Swin-encoder network; ``"probabilistic"`` VoxelMorph-diff (needs
+    ``int_steps > 0``), whose loss is ``L_sim / (2 image_sigma²) + KL`` with ``weight`` the prior's λ
+    (the KL replaces the smoothness term). ``inverse_consistency="gradicon"`` adds GradICON's
+    penalty with weight ``ic_weight`` to any deformable network's loss (each step registers the
+    pairs both ways, the similarity and Dice terms then average both directions).
     """
 
     model: str = "vxm"
@@ -76,10 +93,15 @@ class TrainSettings:
     amp: bool = True
     threads: int | None = None
     max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
     normalise: str | None = "percentile"
     hyper: bool = False
     hyper_range: list[float] | None = None
     sim_weight: float = 1.0
+    stages: int | None = None
+    inverse_consistency: str | None = None
+    ic_weight: float | None = None
+    image_sigma: float | None = None
 
     def __post_init__(self) -> None:
         fn = "TrainSettings"
@@ -99,6 +121,37 @@ class TrainSettings:
         self.enc = [int(v) for v in self.enc]
         self.dec = [int(v) for v in self.dec]
         self._check_hyper(fn)
+        self._check_families(fn)
+
+    def _check_families(self, fn: str) -> None:
+        if self.model == "cascade":
+            self.stages = 3 if self.stages is None else self.stages
+            if isinstance(self.stages, bool) or not isinstance(self.stages, int) or not 1 <= self.stages <= 10:
+                raise ValueError(f"{fn}: 'stages' must be an integer in [1, 10], got {self.stages!r}")
+        elif self.stages is not None:
+            raise ValueError(f"{fn}: 'stages' is the number of networks of model 'cascade', not of {self.model!r}")
+        if self.bidir and self.model == "cascade":
+            raise ValueError(f"{fn}: 'bidir' is not available for model 'cascade' (its stages compose one way)")
+        if self.model == "probabilistic":
+            if self.int_steps == 0:
+                raise ValueError(f"{fn}: model 'probabilistic' is diffeomorphic: 'int_steps' must be > 0 (e.g. 7)")
+            self.image_sigma = DEFAULT_IMAGE_SIGMA if self.image_sigma is None else self.image_sigma
+            if not (math.isfinite(self.image_sigma) and self.image_sigma > 0):
+                raise ValueError(f"{fn}: 'image_sigma' must be a finite number > 0, got {self.image_sigma!r}")
+        elif self.image_sigma is not None:
+            raise ValueError(f"{fn}: 'image_sigma' is the noise of model 'probabilistic', not of {self.model!r}")
+        if self.inverse_consistency is None:
+            if self.ic_weight is not None:
+                raise ValueError(f"{fn}: 'ic_weight' weighs 'inverse_consistency'; set it (e.g. 'gradicon')")
+            return
+        if self.inverse_consistency not in IC_LOSSES:
+            raise ValueError(f"{fn}: 'inverse_consistency' must be one of {list(IC_LOSSES)}, "
+                             f"got {self.inverse_consistency!r}")
+        if self.model == "affine":
+            raise ValueError(f"{fn}: 'inverse_consistency' regularises a deformable network, not model 'affine'")
+        self.ic_weight = DEFAULT_IC_WEIGHT if self.ic_weight is None else self.ic_weight
+        if not (math.isfinite(self.ic_weight) and self.ic_weight >= 0):
+            raise ValueError(f"{fn}: 'ic_weight' must be a finite number >= 0, got {self.ic_weight!r}")
 
     def _check_numbers(self, fn: str) -> None:
         for name in ("steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
@@ -109,6 +162,10 @@ class TrainSettings:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{fn}: '{name}' must be a finite number >= 0, got {value!r}")
+        for name in ("max_minutes", "max_cpu_minutes"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{fn}: '{name}' must be a finite number > 0 or None, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"{fn}: 'lr' must be > 0, got {self.lr!r}")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...models import AffineNet, HyperVxmDense, SavableModel, VxmDense
+from ...models import AffineNet, CascadeVxm, HyperVxmDense, ProbVxmDense, SavableModel, TransMorph, VxmDense
 from ...models.checkpoint import CheckpointError, atomic_torch_save, check_model_size, safe_torch_load
 
 if TYPE_CHECKING:
@@ -18,13 +18,23 @@ STATE_FORMAT = "morphreg-train-state-v1"
 
 
 def build_model(settings: TrainSettings, ndim: int) -> SavableModel:
-    """The network a run trains: ``VxmDense`` (default) or ``AffineNet`` (``model="affine"``).
+    """The network a run trains: ``VxmDense`` (default), ``AffineNet`` (``model="affine"``), or a
+    lecture family: ``CascadeVxm``, ``TransMorph``, ``ProbVxmDense``.
 
     Its size is checked against the memory budget (:mod:`morphreg._limits`) before any weight
     is allocated.
     """
+    field = {"int_steps": settings.int_steps, "int_downsize": settings.int_downsize}
     if settings.model == "affine":
         cls, config = AffineNet, {"ndim": ndim}
+    elif settings.model == "cascade":
+        cls, config = CascadeVxm, {"ndim": ndim, "stages": settings.stages, "enc": settings.enc,
+                                   "dec": settings.dec, **field}
+    elif settings.model == "transmorph":
+        cls, config = TransMorph, {"ndim": ndim, "bidir": settings.bidir, **field}
+    elif settings.model == "probabilistic":
+        cls, config = ProbVxmDense, {"ndim": ndim, "enc": settings.enc, "dec": settings.dec,
+                                     "bidir": settings.bidir, **field}
     else:
         cls, config = VxmDense, {"ndim": ndim, "enc": settings.enc, "dec": settings.dec,
                                  "int_steps": settings.int_steps, "int_downsize": settings.int_downsize,
