@@ -72,3 +72,20 @@ def test_evaluate_accepts_subject_ids_with_image_and_label_folders(tmp_path, cap
     (tmp_path / "ids.csv").write_text("moving,fixed\nSUBJ_0,SUBJ_9\n")
     assert main(base + ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "rep2")]) == 1
     assert "line 2: no image of subject 'SUBJ_9'" in capsys.readouterr().err
+
+
+def test_cohort_refuses_every_single_pair_flag_in_one_line(tmp_path, capsys):
+    """Each flag that names one pair's file (``--uncertainty`` included) is refused with --pairs, before any row."""
+    from morphreg.cli.cohort import SINGLE_PAIR_FLAGS
+    from morphreg.cli.register import OUTPUT_FLAGS
+
+    _setup(tmp_path)
+    assert set(OUTPUT_FLAGS) <= set(SINGLE_PAIR_FLAGS)  # a new output flag must be refused in cohorts too
+    out = tmp_path / "out"
+    for flag in SINGLE_PAIR_FLAGS:
+        argv = ["register", "--model", str(tmp_path / "model.pt"), "--pairs", str(tmp_path / "pairs.csv"), "--out",
+                str(out), "--no-progress", flag, str(tmp_path / "x.nii.gz")]
+        assert main(argv) == 1, flag
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and "one pair" in err[0], (flag, err)
+        assert not out.exists()

@@ -17,7 +17,7 @@ from ._common import (
 )
 
 SINGLE_PAIR_FLAGS = ("--moving", "--fixed", "--moved", "--warp", "--moving-seg", "--moved-seg", "--fixed-seg",
-                     "--matrix", "--jacobian", "--inverse-warp", "--qc", "--init-matrix", "--init-warp")
+                     "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty", "--init-matrix", "--init-warp")
 
 
 def _method(args: argparse.Namespace) -> str:
