@@ -26,3 +26,26 @@ def test_conv_after_upsampling_is_computed_exactly_at_low_resolution(low_shape):
     grads = torch.autograd.grad((got * target).sum(), [low, skip, conv.weight, conv.bias])
     for g, e in zip(grads, grads_expected):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5)
+
+
+def test_inference_reuses_phase_kernels_until_the_weights_change():
+    """Without autograd the phase kernels are cached on the conv; an in-place weight update refreshes them."""
+    from morphreg.models.upsample_conv import conv_upsampled
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6 + 3, 4, 3, padding=1)
+    low, skip = torch.randn(1, 6, 5, 7), torch.randn(1, 3, 10, 14)
+
+    def reference():
+        upsampled = torch.nn.functional.interpolate(low, scale_factor=2.0, mode="nearest")
+        return conv(torch.cat([upsampled, skip], dim=1))
+
+    with torch.inference_mode():
+        torch.testing.assert_close(conv_upsampled(conv, low, skip), reference(), atol=1e-5, rtol=1e-5)
+        first = conv._phase_kernel_cache[1]
+        conv_upsampled(conv, low, skip)
+        assert conv._phase_kernel_cache[1] is first  # reused
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)  # an optimiser step or load_state_dict writes in place
+    with torch.inference_mode():
+        torch.testing.assert_close(conv_upsampled(conv, low, skip), reference(), atol=1e-5, rtol=1e-5)

@@ -5,7 +5,9 @@ connection, with a 3^n kernel. Along one axis, an output voxel at ``2i + a`` see
 ``2i + a - 1 .. 2i + a + 1``, i.e. low-resolution voxels ``i - 1, i`` (phase ``a = 0``, taps
 ``w0, w1 + w2``) or ``i, i + 1`` (``a = 1``, taps ``w0 + w1, w2``). So each of the 2^n output
 phases is a 2^n-tap convolution of the low-resolution features: 8 taps per output voxel instead
-of 27 in 3D (4 instead of 9 in 2D), with the same weights, exact up to float rounding. The skip
+of 27 in 3D (4 instead of 9 in 2D), with the same weights, exact up to float rounding. All 2^n
+phase kernels are stacked into one convolution over the padded low-resolution features (one op,
+not 2^n: fewer small ops, which is what costs most at 2 threads on a loaded machine). The skip
 channels are convolved at full resolution as before, and the phases are added into that output
 in place (channels-last layout, where a phase is a strided view of it).
 
@@ -34,12 +36,20 @@ def _phases(ndim: int) -> list[tuple[int, ...]]:
     return list(itertools.product((0, 1), repeat=ndim))
 
 
-def _phase_weight(weight: torch.Tensor, phase: tuple[int, ...]) -> torch.Tensor:
-    """``(O, I, 3, ..., 3)`` -> the ``(O, I, 2, ..., 2)`` kernel of output ``phase``."""
+#: ``einsum`` equations contracting each 3-tap axis with ``_TAPS``: ``(O, I, 3^n)`` -> ``(2, .., 2, O, I, 2^n)``.
+_PHASE_EQUATIONS = {2: "oiKL,aXK,bYL->aboiXY", 3: "oiKLM,aXK,bYL,cZM->abcoiXYZ"}
+
+
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """``(O, I, 3, ..., 3)`` -> ``(2^n * O, I, 2, ..., 2)``: the kernel of every output phase, stacked.
+
+    Phase ``p`` (in :func:`_phases` order) owns output channels ``p*O .. (p+1)*O - 1``; one
+    ``einsum`` builds them all (one op instead of ``n`` tensordots per phase).
+    """
+    ndim = weight.dim() - 2
     taps = _TAPS.to(weight.device, weight.dtype)
-    for a in phase:  # contracts the first spatial axis and appends its 2 taps last: the axes come back in order
-        weight = torch.tensordot(weight, taps[a], dims=([2], [1]))
-    return weight
+    kernels = torch.einsum(_PHASE_EQUATIONS[ndim], weight, *([taps] * ndim))
+    return kernels.reshape(-1, *weight.shape[1:2], *([2] * ndim))
 
 
 def _interleaved(t: torch.Tensor, low_shape: torch.Size) -> torch.Tensor:
@@ -51,30 +61,40 @@ def _phase_index(phase: tuple[int, ...]) -> tuple:
     return (slice(None),) + tuple(x for a in phase for x in (slice(None), a))
 
 
-class _AddPhases(torch.autograd.Function):
-    """``out[..., 2i + a, ...] += phases[a][..., i, ...]`` in place, for every phase (channels-last ``out``).
+def _phase_window(phase: tuple[int, ...], index: int, channels: int, low_shape: torch.Size) -> tuple:
+    """Phase ``index``'s slice of the stacked ``(B, 2^n * O, L1 + 1, ..., Ln + 1)`` phase outputs."""
+    return (slice(None), slice(index * channels, (index + 1) * channels)) + tuple(
+        slice(a, a + n) for a, n in zip(phase, low_shape))
 
-    The backward hands each phase a channels-last contiguous gradient: a strided slice makes the
-    convolution's backward take its slow path (measured: the layer's backward gained nothing).
+
+class _AddPhases(torch.autograd.Function):
+    """``out[..., 2i + a, ...] += stacked[phase a][..., i + a, ...]`` in place, for every phase (channels-last ``out``).
+
+    ``stacked`` is the one convolution of every phase kernel over the padded low-resolution
+    features, ``(B, 2^n * O, L1 + 1, ..., Ln + 1)``. The backward hands it a channels-last
+    contiguous gradient: a strided one makes the convolution's backward take its slow path.
     """
 
     @staticmethod
-    def forward(ctx, out: torch.Tensor, *phases: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        low_shape = phases[0].shape[2:]
+    def forward(ctx, out: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        low_shape = torch.Size(n - 1 for n in stacked.shape[2:])
         view = _interleaved(out, low_shape)
-        for phase, values in zip(_phases(len(low_shape)), phases):
-            view[_phase_index(phase)] += values.movedim(1, -1)
+        for index, phase in enumerate(_phases(len(low_shape))):
+            view[_phase_index(phase)] += stacked[_phase_window(phase, index, out.shape[1], low_shape)].movedim(1, -1)
         ctx.mark_dirty(out)
-        ctx.low_shape = low_shape
+        ctx.low_shape, ctx.stacked_shape = low_shape, stacked.shape
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ndim = len(ctx.low_shape)
         grad = grad.contiguous(memory_format=channels_last(ndim))
         view = _interleaved(grad, ctx.low_shape)
-        return (grad, *(view[_phase_index(phase)].movedim(-1, 1).contiguous(memory_format=channels_last(ndim))
-                        for phase in _phases(ndim)))
+        grad_stacked = grad.new_zeros(ctx.stacked_shape).contiguous(memory_format=channels_last(ndim))
+        for index, phase in enumerate(_phases(ndim)):
+            window = _phase_window(phase, index, grad.shape[1], ctx.low_shape)
+            grad_stacked[window] = view[_phase_index(phase)].movedim(-1, 1)
+        return grad, grad_stacked
 
 
 def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -94,10 +114,24 @@ def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> to
     weight = conv.weight
     out = convolve(skip, weight[:, channels:], conv.bias, padding=1).contiguous(memory_format=channels_last(ndim))
     padded = F.pad(low, (1, 1) * ndim)
-    with torch.autocast(device_type=weight.device.type, enabled=False):  # the tap sums in the weights' precision
-        kernels = [_phase_weight(weight[:, :channels], phase) for phase in _phases(ndim)]
-    phases = []
-    for phase, kernel in zip(_phases(ndim), kernels):
-        window = (slice(None), slice(None)) + tuple(slice(a, a + n + 1) for a, n in zip(phase, low.shape[2:]))
-        phases.append(convolve(padded[window], kernel.to(out.dtype)))
-    return _AddPhases.apply(out, *phases)
+    return _AddPhases.apply(out, convolve(padded, _cached_phase_kernels(conv, channels).to(out.dtype)))
+
+
+def _cached_phase_kernels(conv: nn.Module, channels: int) -> torch.Tensor:
+    """:func:`_phase_kernels` of ``conv.weight[:, :channels]``, kept on ``conv`` while the weights are unchanged.
+
+    Without autograd (inference) the kernels are reused across calls, keyed by the weight's
+    storage and version counter (bumped by every in-place update: an optimiser step, ``load_state_dict``).
+    With autograd they are rebuilt every call so that the gradient reaches ``conv.weight``.
+    """
+    weight = conv.weight
+    if torch.is_grad_enabled() and weight.requires_grad:
+        with torch.autocast(device_type=weight.device.type, enabled=False):  # the tap sums in the weights' precision
+            return _phase_kernels(weight[:, :channels])
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, channels)
+    cached = getattr(conv, "_phase_kernel_cache", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
+            cached = (key, _phase_kernels(weight[:, :channels]))
+        conv._phase_kernel_cache = cached
+    return cached[1]
