@@ -53,7 +53,6 @@ FAMILIES = [
     Family("", "brain2d (shipped; VxmDense diffeomorphic + Dice)",
            "the shipped model: 8823 steps, 58 min wall on one thread (the model card)"),
     Family("vxm", "VxmDense, same recipe as brain2d (baseline)", "brain2d's recipe, cosine over 6200 steps"),
-    Family("vxm-5500", "VxmDense, same recipe, first run", "as the baseline, 5500 steps (ended before the budget)"),
     Family("gradicon", "GradICON-trained VxmDense (Tian et al. 2023)",
            "+ GradICON penalty on both orders, weight 1.5 (uniGradICON's), pairs registered both ways "
            "(the similarity and Dice terms average both); brain2d's λ=0.5 diffusion term kept; cosine over 3500 steps"),
