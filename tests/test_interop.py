@@ -172,7 +172,8 @@ def test_matrix_round_trips(tmp_path, fmt):
 
 
 def test_fsl_matrix_matches_flirt_convention(tmp_path):
-    """FSL's matrix maps reference (fixed) scaled-voxel coordinates to input (moving) ones."""
+    """FLIRT's matrix maps input (moving) scaled-voxel coordinates to reference (fixed) ones: the
+    inverse of morphreg's fixed -> moving direction (``flirt -in moving -ref fixed -applyxfm -init``)."""
     shape = SHAPES[3]
     fixed = io.Volume(np.zeros(shape, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     moving = io.Volume(_image(shape), np.diag([2.0, 2.0, 2.0, 1.0]))

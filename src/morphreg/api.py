@@ -109,8 +109,19 @@ def _network(model: str | os.PathLike[str] | SavableModel, weight: float | None,
                              f"for one lambda ({net.metadata.get('weight', '?')})")
         net.default_weight = net.check_weight(weight)
     if normalise == "model":
-        normalise = net.metadata.get("normalise", "minmax")
+        normalise = _model_normalisation(net)
     return NetworkRegistration(net, torch.device(device), precision=precision), normalise, net.ndim
+
+
+def _model_normalisation(net: SavableModel | None) -> str | None:
+    """``normalise="model"``: the network's recorded normalisation, else the classical methods' default
+    (:func:`morphreg.workflows.spec.network_normalisation`, which the command line uses too)."""
+    from .workflows.spec import network_normalisation
+
+    try:
+        return network_normalisation(None, net)
+    except ValueError as err:
+        raise ValueError(f"morphreg.register: {err}") from None
 
 
 def _classical(method: str, preset: str | None, iterations: Sequence[int] | None, weight: float | None,
@@ -189,7 +200,7 @@ def register(
             raise ValueError(f"morphreg.register: the model is {ndim}D but the images are {pair.fixed.ndim}D")
     else:
         registration = _classical(method, preset, iterations, weight, np.asarray(pair.fixed.affine), device)
-        normalise = "percentile" if normalise == "model" else normalise  # as `morphreg register --method`
+        normalise = _model_normalisation(None) if normalise == "model" else normalise  # as `register --method`
     from .workflows import pipeline
 
     if affine if affine is not None else pipeline.affine_by_default(method or "network", pair.fixed.ndim,

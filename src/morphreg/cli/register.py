@@ -36,7 +36,8 @@ WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=movin
                     "DisplacementFieldTransform")
 MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
                       "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
-                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS)")
+                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS, "
+                      "src=moving grid, dst=fixed grid, for mri_vol2vol --mov MOVING --targ FIXED --lta A.lta)")
 OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty")
 INPUT_FLAGS = ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model", "--init-matrix",
                "--init-warp")

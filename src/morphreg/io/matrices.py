@@ -11,9 +11,18 @@ moving-image point** in RAS millimetres (``moved(p) = moving(W p)``). The format
 ``fsl``     FSL FLIRT ``.mat`` (nitransforms): FSL's scaled-voxel frame, which depends on both
             images; as FLIRT stores it, the matrix maps input (moving) coordinates to reference
             (fixed) ones, for ``flirt -in moving -ref fixed -applyxfm -init A``.
-``lta``     FreeSurfer LTA (nitransforms): stored as RAS-to-RAS (type 1), both image grids
-            recorded in the file.
+``lta``     FreeSurfer LTA (nitransforms' LTA structures): RAS-to-RAS (type 1) with
+            **src = the moving grid, dst = the fixed grid** and the matrix mapping src RAS points
+            to dst RAS points, ``inv(W)``, as FreeSurfer reads it (``LTAchangeType``: vox2vox =
+            ``inv(dst.vox2ras) @ M @ src.vox2ras``) and as ``mri_robust_register --mov M --dst F``
+            writes it; ``mri_vol2vol --mov moving --targ fixed --lta A.lta`` then resamples the
+            moving image onto the fixed grid as morphreg's ``--moved``.
 ==========  ===================================================================================
+
+Reading an LTA, the grid blocks say which way it points: src = moving, dst = fixed (FreeSurfer's
+usual way) gives ``W = inv(M)``; src = fixed, dst = moving (an inverted LTA) gives ``W = M``; a
+file whose blocks are not valid is read the usual way. A VOX2VOX LTA is converted through its
+blocks first.
 """
 
 from __future__ import annotations
@@ -30,7 +39,6 @@ from .volume import Volume
 
 MATRIX_FORMATS = ("ras", "itk", "fsl", "lta")
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
-_NITRANSFORMS_NAME = {"fsl": "fsl", "lta": "fs"}
 
 
 def _check_format(fn: str, fmt: str) -> None:
@@ -101,11 +109,64 @@ def save_matrix(matrix: np.ndarray, path: str | Path, fmt: str, fixed: Volume, m
         suffix = path.suffix.lower() if path.suffix.lower() in (".mat", ".txt", ".tfm") else ".txt"
         atomic_write(path, lambda tmp: _write_via(tmp, suffix, transform))
         return
+    if fmt == "lta":
+        text = _lta_text(matrix, fixed, moving)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+        return
     from nitransforms.linear import Affine
 
     xfm = Affine(matrix, reference=_nifti_of(fixed))
-    name = _NITRANSFORMS_NAME[fmt]
-    atomic_write(path, lambda tmp: xfm.to_filename(str(tmp), fmt=name, moving=_nifti_of(moving)))
+    atomic_write(path, lambda tmp: xfm.to_filename(str(tmp), fmt="fsl", moving=_nifti_of(moving)))
+
+
+def _lta_text(matrix: np.ndarray, fixed: Volume, moving: Volume) -> str:
+    """The LTA file of a fixed -> moving RAS matrix: src = moving grid, dst = fixed grid, M = inv(W).
+
+    (nitransforms' own ``Affine.to_filename(fmt="fs")`` records src = reference but stores the
+    reference <- moving matrix, the other way round from FreeSurfer's src -> dst reading.)
+    """
+    from nitransforms.io.lta import FSLinearTransform, VolumeGeometry
+
+    lta = FSLinearTransform()
+    fields = lta.structarr
+    fields["type"] = 1  # LINEAR_RAS_TO_RAS
+    fields["sigma"] = 1.0
+    fields["mean"] = np.zeros((3, 1))
+    fields["m_L"] = np.linalg.inv(matrix)  # moving (src) RAS point -> fixed (dst) RAS point
+    fields["src"] = np.asanyarray(VolumeGeometry.from_image(_nifti_of(moving)))
+    fields["dst"] = np.asanyarray(VolumeGeometry.from_image(_nifti_of(fixed)))
+    return lta.to_string()
+
+
+def _read_lta(path: Path, fixed: Volume, moving: Volume) -> np.ndarray:
+    """A fixed -> moving RAS matrix from an LTA file, its direction taken from its grid blocks."""
+    from nitransforms.io.lta import FSLinearTransformArray
+
+    try:
+        lta = FSLinearTransformArray.from_filename(str(path))
+    except AssertionError:  # nitransforms' parser checks each line's key with assert
+        raise ValueError("it is not a FreeSurfer LTA file (unexpected line layout)") from None
+    if len(lta["xforms"]) != 1:
+        raise ValueError(f"it holds {len(lta['xforms'])} transforms; expected one")
+    xfm = lta["xforms"][0]
+    xfm.set_type(1)  # VOX2VOX -> RAS2RAS through the file's own grid blocks
+    m = np.asarray(xfm.structarr["m_L"], dtype=np.float64)
+    src, dst = xfm["src"], xfm["dst"]
+    if _lta_grid_is(src, fixed) and _lta_grid_is(dst, moving) and not (
+            _lta_grid_is(src, moving) and _lta_grid_is(dst, fixed)):
+        return m  # an inverted LTA: src = fixed, dst = moving, M = fixed -> moving = W
+    return np.linalg.inv(m)  # src = moving, dst = fixed (or unrecorded grids): M = moving -> fixed
+
+
+def _lta_grid_is(geometry: object, volume: Volume) -> bool:
+    """Whether an LTA volume-info block describes ``volume``'s grid (shape and vox2ras to 1e-3 mm)."""
+    fields = geometry.structarr
+    if not int(fields["valid"]):
+        return False
+    shape = tuple(volume.shape) + (1,) * (3 - volume.ndim)
+    if tuple(int(n) for n in fields["volume"]) != shape:
+        return False
+    return bool(np.allclose(geometry.as_affine(), volume.affine, atol=1e-3))
 
 
 def _write_via(tmp: Path, suffix: str, transform: object) -> None:
@@ -140,10 +201,12 @@ def load_matrix(path: str | Path, fmt: str, fixed: Volume, moving: Volume) -> np
             matrix = np.loadtxt(path, comments="#", dtype=np.float64)
         elif fmt == "itk":
             matrix = _FLIP @ _read_itk(path) @ _FLIP
+        elif fmt == "lta":
+            matrix = _read_lta(path, fixed, moving)
         else:
             from nitransforms.linear import load
 
-            matrix = load(str(path), fmt=_NITRANSFORMS_NAME[fmt], reference=_nifti_of(fixed),
+            matrix = load(str(path), fmt="fsl", reference=_nifti_of(fixed),
                           moving=_nifti_of(moving)).matrix
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError) as err:
         raise ValueError(f"cannot read '{path}' as a {fmt} matrix: {str(err).strip().splitlines()[0][:160]}") from None

@@ -24,6 +24,13 @@ from . import pipeline
 #: ``method`` values of a spec.
 METHODS = ("network", *pipeline.CLASSICAL_METHODS)
 
+#: The intensity normalisation of the classical methods when none is asked for: one default for
+#: ``morphreg register --method`` and ``morphreg.register(method=...)`` (clipping to the 0.5/99.5th
+#: percentiles keeps a few hot voxels from squashing the image's contrast, as min-max would).
+CLASSICAL_NORMALISATION = "percentile"
+#: What a network checkpoint that records no normalisation was trained with (the legacy default).
+LEGACY_NETWORK_NORMALISATION = "minmax"
+
 
 def load_network(path: str, device: torch.device | str = "cpu", name: str = "model") -> Any:
     """A network from a run folder, a checkpoint or a built-in name, on ``device``.
@@ -49,11 +56,14 @@ def load_network(path: str, device: torch.device | str = "cpu", name: str = "mod
 
 def network_normalisation(value: str | None, model: Any = None) -> str | None:
     """The intensity normalisation to apply: ``value`` (``"none"``: none), else the network's
-    (legacy checkpoints: minmax), else ``percentile`` for the classical methods."""
+    (legacy checkpoints: :data:`LEGACY_NETWORK_NORMALISATION`), else
+    :data:`CLASSICAL_NORMALISATION` for the classical methods (``model`` None).
+
+    The command line (flags) and :func:`morphreg.register` (``normalise="model"``) both ask here."""
     if value is None:
         if model is None:
-            return "percentile"
-        stored = getattr(model, "metadata", {}).get("normalise", "minmax")
+            return CLASSICAL_NORMALISATION
+        stored = getattr(model, "metadata", {}).get("normalise", LEGACY_NETWORK_NORMALISATION)
         if stored not in ("minmax", "percentile", None):
             raise ValueError(f"`model`: the checkpoint records an unknown intensity normalisation {stored!r}; "
                              "pass `normalise` minmax|percentile|none")
