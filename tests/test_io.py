@@ -13,6 +13,7 @@ import torch
 
 from morphreg import io
 from morphreg.io import ImageReadError, Volume
+from morphreg.io import volume as volume_module
 
 # neurite-oasis style orientation (LIA-like flip/permutation) with a translation
 OASIS_AFFINE = np.array([[-1.0, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], dtype=np.float64)
@@ -244,12 +245,12 @@ def test_failed_save_keeps_old_target_and_removes_temp(
     before = target.read_bytes()
     seen: list[str] = []
 
-    def broken_save(img: object, filename: str) -> None:
-        seen.append(filename)
+    def broken_save(img: object, filename: Path) -> None:
+        seen.append(str(filename))
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(volume_module, "write_image", broken_save)  # the one writer of nibabel images
     with pytest.raises(OSError, match="disk full"):
         io.save_volume(Volume(np.zeros((3, 3, 3), np.uint8), np.eye(4)), target)
     # the write went to a hidden temp file with the same suffix, in the same folder

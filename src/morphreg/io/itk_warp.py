@@ -17,6 +17,7 @@ import torch
 
 from .._files import atomic_write
 from .formats import ImageReadError, split_ext
+from .gzip_files import write_image
 from .nifti import NIFTI_INTENT_VECTOR
 from .warp import WarpField, field_array
 
@@ -84,7 +85,7 @@ def save_itk_warp(disp: np.ndarray | torch.Tensor, path: str | Path, affine: np.
         img.header.set_xyzt_units("mm", "sec")
         img.header.set_intent(NIFTI_INTENT_VECTOR, (), name=_ITK_INTENT_NAME)
         img.header["descrip"] = ITK_DESCRIPTION.encode("ascii")
-        nib.save(img, str(tmp))
+        write_image(img, tmp)
 
     atomic_write(path, write)
 

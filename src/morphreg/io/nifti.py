@@ -8,7 +8,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import FileBasedHeader
 
-from .sanity import check_declared_size, first_line, unreadable, verify_gzip
+from .formats import ImageReadError
+from .gzip_files import is_gzip_path, read_checked
+from .sanity import check_declared_size, first_line, unreadable
 
 NIFTI_INTENT_VECTOR = 1007
 _DESCRIP_LEN = 79  # NIfTI-1 descrip is char[80] with a terminating NUL
@@ -23,15 +25,15 @@ def read_nibabel(fn: str, path: Path) -> tuple[np.ndarray, np.ndarray, FileBased
         offset = int(getattr(img.dataobj, "offset", 0) or header.get_data_offset())  # the header copy says 0
     except Exception as err:  # nibabel raises many types; none of them should escape
         raise unreadable(fn, path, first_line(err)) from None
-    compressed = path.name.lower().endswith((".gz", ".mgz"))
+    compressed = is_gzip_path(path)
     stored = None if compressed else max(path.stat().st_size - offset, 0)
     nbytes = check_declared_size(fn, path, shape, dtype, stored)
-    if compressed:
-        verify_gzip(fn, path, offset + nbytes)
     try:
+        if compressed:  # one checked decompression; nibabel parses the bytes instead of decompressing again
+            img = type(img).from_bytes(read_checked(fn, path, offset + nbytes, unreadable))
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
-    except MemoryError:
+    except (MemoryError, ImageReadError):
         raise
     except Exception as err:
         raise unreadable(fn, path, first_line(err)) from None
@@ -68,3 +70,4 @@ def nifti_image(
     img.header.set_xyzt_units(spatial_unit, time_unit if time_unit != "unknown" else "sec")
     img.header["descrip"] = _descrip(description)
     return img
+

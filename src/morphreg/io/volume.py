@@ -20,6 +20,7 @@ from nibabel.filebasedimages import FileBasedHeader
 
 from .._files import atomic_write
 from .formats import ImageReadError, PathLike, format_of
+from .gzip_files import write_image
 from .nifti import nifti_image, read_nibabel
 from .numpy_files import read_numpy
 from .sanity import check_finite, check_geometry, check_readable, normalise_dtype
@@ -206,9 +207,9 @@ def save_volume(volume: Volume, path: PathLike, description: str | None = None) 
 
     def write(tmp: Path) -> None:
         if fmt == "nifti":
-            nib.save(nifti_image(data, affine, volume.header, description), str(tmp))
+            write_image(nifti_image(data, affine, volume.header, description), tmp)
         elif fmt == "mgh":
-            nib.save(nib.MGHImage(data, affine), str(tmp))
+            write_image(nib.MGHImage(data, affine), tmp)
         elif fmt == "npy":
             with open(tmp, "wb") as handle:
                 np.save(handle, data)

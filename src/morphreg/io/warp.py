@@ -18,13 +18,13 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 import torch
 from nibabel.filebasedimages import FileBasedHeader
 
 from .._files import atomic_write
 from .formats import ImageReadError, PathLike, format_of
+from .gzip_files import write_image
 from .nifti import NIFTI_INTENT_VECTOR, nifti_image, read_nibabel
 from .sanity import check_finite, check_geometry, check_readable, normalise_dtype
 from .volume import check_affine
@@ -105,12 +105,12 @@ def save_warp(
     if format_of(fn, path, ValueError) != "nifti":
         raise ValueError(f"{fn}: argument 'path' must end in .nii or .nii.gz, got '{path}'")
     affine = check_affine(fn, "affine", affine)
-    vectors = np.moveaxis(disp.astype(np.float64), 0, -1)  # (*spatial, ndim)
-    if units == "mm":
+    vectors = np.moveaxis(disp.astype(np.float32, copy=False), 0, -1)  # (*spatial, ndim)
+    if units == "mm":  # converted in float64
         lin = _linear_part(affine, ndim)
         if np.linalg.matrix_rank(lin) < ndim:
             raise ValueError(f"{fn}: argument 'affine' is singular; cannot convert to mm")
-        vectors = vectors @ lin.T  # (*spatial, 3)
+        vectors = vectors.astype(np.float64) @ lin.T  # (*spatial, 3)
     spatial = disp.shape[1:] + (1,) * (3 - ndim)
     data = vectors.astype(np.float32).reshape(*spatial, 1, vectors.shape[-1])
     description = f"morphreg warp; units={units}; {_WARP_DIRECTION}"
@@ -118,7 +118,7 @@ def save_warp(
     def write(tmp: Path) -> None:
         img = nifti_image(data, affine, header, description)
         img.header.set_intent(NIFTI_INTENT_VECTOR, (), name=f"units={units}")
-        nib.save(img, str(tmp))
+        write_image(img, tmp)
 
     atomic_write(path, write)
 
@@ -183,7 +183,7 @@ def load_warp(path: PathLike, units: str | None = None) -> WarpField:
         raise ImageReadError(
             f"{fn}: cannot use '{path}': expected a vector field (X, Y, Z, 1, C), got shape {shape}"
         )
-    vectors = data.reshape(*spatial, comps).astype(np.float64)
+    vectors = data.reshape(*spatial, comps)  # float32 (normalise_dtype)
     if units == "voxel":
         ndim = comps
         if ndim not in (2, 3) or any(s != 1 for s in spatial[ndim:]):
@@ -197,7 +197,7 @@ def load_warp(path: PathLike, units: str | None = None) -> WarpField:
             raise ImageReadError(
                 f"{fn}: cannot use '{path}': a mm field must have 3 (x, y, z) components, got {comps}"
             )
-        vectors = vectors @ np.linalg.pinv(_linear_part(affine, ndim)).T
+        vectors = vectors.astype(np.float64) @ np.linalg.pinv(_linear_part(affine, ndim)).T
     vectors = vectors.reshape(*spatial[:ndim], ndim)
     disp = np.ascontiguousarray(np.moveaxis(vectors, -1, 0), dtype=np.float32)
     return WarpField(disp, affine)
