@@ -42,9 +42,9 @@ def test_inference_reuses_phase_kernels_until_the_weights_change():
 
     with torch.inference_mode():
         torch.testing.assert_close(conv_upsampled(conv, low, skip), reference(), atol=1e-5, rtol=1e-5)
-        first = conv._phase_kernel_cache[1]
+        first = conv._phase_kernel_cache[1][0]
         conv_upsampled(conv, low, skip)
-        assert conv._phase_kernel_cache[1] is first  # reused
+        assert conv._phase_kernel_cache[1][0] is first  # reused
     with torch.no_grad():
         conv.weight.mul_(-2.0)  # an optimiser step or load_state_dict writes in place
     with torch.inference_mode():

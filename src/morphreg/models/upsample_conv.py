@@ -57,30 +57,36 @@ def _interleaved(t: torch.Tensor, low_shape: torch.Size) -> torch.Tensor:
     return t.movedim(1, -1).view(t.shape[0], *[x for n in low_shape for x in (n, 2)], t.shape[1])
 
 
-def _phase_index(phase: tuple[int, ...]) -> tuple:
-    return (slice(None),) + tuple(x for a in phase for x in (slice(None), a))
+def _phase_view(stacked: torch.Tensor, channels: int) -> torch.Tensor:
+    """Every phase of the channels-last stacked phase outputs as one strided view, shaped like :func:`_interleaved`.
 
-
-def _phase_window(phase: tuple[int, ...], index: int, channels: int, low_shape: torch.Size) -> tuple:
-    """Phase ``index``'s slice of the stacked ``(B, 2^n * O, L1 + 1, ..., Ln + 1)`` phase outputs."""
-    return (slice(None), slice(index * channels, (index + 1) * channels)) + tuple(
-        slice(a, a + n) for a, n in zip(phase, low_shape))
+    ``stacked``: ``(B, 2^n * C, L1 + 1, ..., Ln + 1)``, channels-last. Returns ``(B, L1, 2, ..., Ln, 2, C)``
+    with ``[b, i1, a1, ..., in, an, c] = stacked[b, p(a) * C + c, i1 + a1, ..., in + an]``, ``p(a)``
+    the phase's index in :func:`_phases` order: the offset is linear in every index, so no copy.
+    """
+    ndim = stacked.dim() - 2
+    assert stacked.stride(1) == 1, "stacked phase outputs must be channels-last"
+    low_shape = [n - 1 for n in stacked.shape[2:]]
+    spatial_strides = stacked.stride()[2:]
+    sizes, strides = [stacked.shape[0]], [stacked.stride(0)]
+    for axis, (n, stride) in enumerate(zip(low_shape, spatial_strides)):
+        sizes += [n, 2]
+        strides += [stride, stride + 2 ** (ndim - 1 - axis) * channels]
+    return stacked.as_strided(sizes + [channels], strides + [1])
 
 
 class _AddPhases(torch.autograd.Function):
-    """``out[..., 2i + a, ...] += stacked[phase a][..., i + a, ...]`` in place, for every phase (channels-last ``out``).
+    """``out[..., 2i + a, ...] += stacked[phase a][..., i + a, ...]``, in place and in one op (channels-last ``out``).
 
     ``stacked`` is the one convolution of every phase kernel over the padded low-resolution
-    features, ``(B, 2^n * O, L1 + 1, ..., Ln + 1)``. The backward hands it a channels-last
+    features, ``(B, 2^n * O, L1 + 1, ..., Ln + 1)``, channels-last. The backward hands it a channels-last
     contiguous gradient: a strided one makes the convolution's backward take its slow path.
     """
 
     @staticmethod
     def forward(ctx, out: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         low_shape = torch.Size(n - 1 for n in stacked.shape[2:])
-        view = _interleaved(out, low_shape)
-        for index, phase in enumerate(_phases(len(low_shape))):
-            view[_phase_index(phase)] += stacked[_phase_window(phase, index, out.shape[1], low_shape)].movedim(1, -1)
+        _interleaved(out, low_shape).add_(_phase_view(stacked, out.shape[1]))
         ctx.mark_dirty(out)
         ctx.low_shape, ctx.stacked_shape = low_shape, stacked.shape
         return out
@@ -89,11 +95,8 @@ class _AddPhases(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ndim = len(ctx.low_shape)
         grad = grad.contiguous(memory_format=channels_last(ndim))
-        view = _interleaved(grad, ctx.low_shape)
         grad_stacked = grad.new_zeros(ctx.stacked_shape).contiguous(memory_format=channels_last(ndim))
-        for index, phase in enumerate(_phases(ndim)):
-            window = _phase_window(phase, index, grad.shape[1], ctx.low_shape)
-            grad_stacked[window] = view[_phase_index(phase)].movedim(-1, 1)
+        _phase_view(grad_stacked, grad.shape[1]).copy_(_interleaved(grad, ctx.low_shape))
         return grad, grad_stacked
 
 
@@ -111,27 +114,31 @@ def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> to
     ndim = low.dim() - 2
     channels = low.shape[1]
     convolve = getattr(F, f"conv{ndim}d")
-    weight = conv.weight
-    out = convolve(skip, weight[:, channels:], conv.bias, padding=1).contiguous(memory_format=channels_last(ndim))
+    phase_kernels, skip_weight = _split_weights(conv, channels)
+    out = convolve(skip, skip_weight, conv.bias, padding=1).contiguous(memory_format=channels_last(ndim))
     padded = F.pad(low, (1, 1) * ndim)
-    return _AddPhases.apply(out, convolve(padded, _cached_phase_kernels(conv, channels).to(out.dtype)))
+    stacked = convolve(padded, phase_kernels.to(out.dtype))
+    return _AddPhases.apply(out, stacked.contiguous(memory_format=channels_last(ndim)))
 
 
-def _cached_phase_kernels(conv: nn.Module, channels: int) -> torch.Tensor:
-    """:func:`_phase_kernels` of ``conv.weight[:, :channels]``, kept on ``conv`` while the weights are unchanged.
+def _split_weights(conv: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`_phase_kernels` of ``conv.weight[:, :channels]``, ``conv.weight[:, channels:]`` contiguous).
 
-    Without autograd (inference) the kernels are reused across calls, keyed by the weight's
-    storage and version counter (bumped by every in-place update: an optimiser step, ``load_state_dict``).
-    With autograd they are rebuilt every call so that the gradient reaches ``conv.weight``.
+    Without autograd (inference) both are kept on ``conv`` and reused while the weights are
+    unchanged, keyed by the weight's storage and version counter (bumped by every in-place update:
+    an optimiser step, ``load_state_dict``); slicing a channels-last weight copies it, so this saves
+    two ops per layer as well as the kernel sums. With autograd they are rebuilt every call so that
+    the gradient reaches ``conv.weight``.
     """
     weight = conv.weight
     if torch.is_grad_enabled() and weight.requires_grad:
         with torch.autocast(device_type=weight.device.type, enabled=False):  # the tap sums in the weights' precision
-            return _phase_kernels(weight[:, :channels])
+            return _phase_kernels(weight[:, :channels]), weight[:, channels:]
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, channels)
     cached = getattr(conv, "_phase_kernel_cache", None)
     if cached is None or cached[0] != key:
         with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
-            cached = (key, _phase_kernels(weight[:, :channels]))
+            skip_weight = weight[:, channels:].contiguous(memory_format=channels_last(weight.dim() - 2))
+            cached = (key, (_phase_kernels(weight[:, :channels]), skip_weight))
         conv._phase_kernel_cache = cached
     return cached[1]
