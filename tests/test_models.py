@@ -110,6 +110,26 @@ def test_load_refuses_pickled_code(tmp_path):
         VxmDense.load(path)
 
 
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_plain_pickle_with_reduce_is_refused_without_torchs_warning(tmp_path, protocol):
+    """A plain pickle (not torch's container) of a newer protocol: torch's weights-only reader warns
+    about the protocol on stderr (a second line beside morphreg's); the refusal is the only output."""
+    import warnings
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "x", "payload": Exploit()}, handle, protocol=protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"evil.pt' is not a readable PyTorch weights file"):
+            VxmDense.load(path)
+    assert not caught, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

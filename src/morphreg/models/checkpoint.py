@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -129,7 +130,11 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise CheckpointError(f"checkpoint '{path}' is empty")
     _check_zip_sizes(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (UserWarning, on stderr) about a pickle protocol its weights-only reader may
+            # not support; the load succeeds or fails below with one message, so the warning is noise
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         code_lines = [line for line in lines if "GLOBAL" in line]
