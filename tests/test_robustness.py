@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -408,3 +409,30 @@ def test_evaluate_reports_the_pairs_that_finished(corpus, tmp_path, capsys, monk
     assert summary["n_pairs"] == 5 and [f["row"] for f in summary["failed"]] == [3]
     assert len((out / "pairs.csv").read_text().splitlines()) == 6  # header + 5 pairs
     assert "Failed pairs (1" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("via", ["segs", "pairs"])
+def test_a_huge_label_value_for_the_dice_loss_names_its_file(corpus, tmp_path, capsys, via):
+    """`--seg-weight` with a label value of 1e9: refused before training, naming the label map."""
+    import shutil
+
+    (tmp_path / "seg").mkdir()
+    for i in range(8):
+        shutil.copy(corpus / "seg" / f"s{i}.nii.gz", tmp_path / "seg" / f"s{i}.nii.gz")
+    labels = nib.load(str(corpus / "seg" / "s3.nii.gz")).get_fdata().astype(np.int32)
+    labels[labels == 1] = 1_000_000_000
+    nii(tmp_path / "seg" / "s3.nii.gz", labels)
+    if via == "segs":
+        data = ["--data", str(corpus / "img"), "--segs", str(tmp_path / "seg")]
+        named = r"--segs '.*seg': label map 3 \(s3\)"
+    else:
+        pairs = tmp_path / "pairs.csv"
+        pairs.write_text("moving,fixed,moving_seg,fixed_seg\n" + "".join(
+            f"{corpus}/img/s{i}.nii.gz,{corpus}/img/s{i + 1}.nii.gz,{tmp_path}/seg/s{i}.nii.gz,"
+            f"{tmp_path}/seg/s{i + 1}.nii.gz\n" for i in range(4)))
+        data = ["--data", str(corpus / "img"), "--pairs", str(pairs)]
+        named = r"--pairs '.*pairs.csv' line \d: (moving|fixed)_seg '.*s3.nii.gz'"
+    assert main(["train", *data, "--seg-weight", "0.01", "--out", str(tmp_path / "run"), "--no-progress",
+                 *TINY]) == 1
+    line = _one_line(capsys)
+    assert re.search(r"the largest label value is 1000000000 \(" + named + r"\), so the Dice loss", line), line
