@@ -426,3 +426,75 @@ def test_tensor_conversions() -> None:
     assert moved.data.dtype == np.float32 and moved.shape == (4, 5)
     with pytest.raises(ValueError, match=r"from_tensor: argument 't' must have shape .* \(4, 5\)"):
         io.from_tensor(torch.zeros(1, 1, 5, 4), like=image)
+
+
+# --------------------------------------------------------------------------------------------
+# headers nibabel fixes while loading: one morphreg line or silent acceptance, never nibabel's lines
+
+
+def _raw_nifti(path: Path, shape: tuple[int, ...], pixdim, qform_code: int = 1, sform_code: int = 0,
+               sform_matrix: bool = False) -> Path:
+    """A single-file NIfTI written byte by byte, so nibabel's writer cannot repair the header."""
+    data = np.random.default_rng(0).random(shape).astype(np.float32)
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["pixdim"][1:4] = pixdim
+    header["qform_code"], header["sform_code"] = qform_code, sform_code
+    if sform_matrix:
+        header["srow_x"], header["srow_y"], header["srow_z"] = [2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]
+    header["vox_offset"], header["magic"] = 352, b"n+1"
+    raw = header.binaryblock + b"\0" * 4 + data.tobytes(order="F")
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+@pytest.mark.parametrize("pixdim, value, why", [
+    ([1.0, 0.0, 1.0], "0", "does not say how large its voxels are"),
+    ([-1.2, 1.0, 1.0], "-1.2", "readers disagree"),
+])
+def test_zero_or_negative_voxel_size_is_one_morphreg_line(tmp_path, capfd, pixdim, value, why):
+    """No sform: pixdim gives the geometry, and a 0 or negative voxel size leaves it undefined or
+    read differently by nibabel and the NIfTI reference library: refused, naming file, axis, field."""
+    from morphreg.cli import main
+
+    bad = _raw_nifti(tmp_path / "bad.nii.gz", (12, 10, 8), pixdim)
+    axis = [i for i, v in enumerate(pixdim) if v <= 0][0]
+    with pytest.raises(ImageReadError, match=rf"bad.nii.gz'.*axis {axis} is {value} \(pixdim\[{axis + 1}\].*{why}"):
+        io.load_volume(bad)
+    io.save_volume(Volume(np.zeros((12, 10, 8), np.float32), np.eye(4)), tmp_path / "ok.nii.gz")
+    capfd.readouterr()
+    assert main(["register", "--method", "affine", "--moving", str(bad), "--fixed", str(tmp_path / "ok.nii.gz"),
+                 "--moved", str(tmp_path / "out.nii.gz")]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("morphreg register: error:") and "bad.nii.gz" in err[0], err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize("case", ["sform_given", "2d_third_axis"])
+def test_pixdim_that_does_not_define_geometry_is_accepted_silently(tmp_path, capfd, caplog, case):
+    """With a valid sform pixdim is not the geometry; the third axis of a 2D image has one voxel,
+    whose size changes nothing: both load with nibabel's fix and without a line on stderr."""
+    if case == "sform_given":
+        path = _raw_nifti(tmp_path / "a.nii", (12, 10, 8), [0.0, -1.0, 1.0], sform_code=1, sform_matrix=True)
+    else:
+        path = _raw_nifti(tmp_path / "a.nii", (12, 10, 1), [1.5, 1.5, 0.0])
+    capfd.readouterr()
+    volume = io.load_volume(path)
+    assert capfd.readouterr().err == ""
+    # nibabel's handler writes to the stderr of its import time, which capfd may not see: its
+    # records must not reach logging at all
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("nibabel")]
+    if case == "sform_given":
+        np.testing.assert_allclose(volume.affine[:3, :3], 2 * np.eye(3))
+    else:
+        assert volume.shape == (12, 10) and np.allclose(np.diag(volume.affine)[:2], 1.5)
+
+
+def test_unknown_xform_code_is_refused(tmp_path, capfd, caplog):
+    path = _raw_nifti(tmp_path / "a.nii", (12, 10, 8), [1.0, 1.0, 1.0], sform_code=7, sform_matrix=True)
+    capfd.readouterr()
+    with pytest.raises(ImageReadError, match=r"a.nii'.*sform_code 7 is not a NIfTI code"):
+        io.load_volume(path)
+    assert capfd.readouterr().err == ""
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("nibabel")]

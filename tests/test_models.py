@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,26 @@ def test_load_refuses_pickled_code(tmp_path):
         VxmDense.load(path)
 
 
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_plain_pickle_with_reduce_is_refused_without_torchs_warning(tmp_path, protocol):
+    """A plain pickle (not torch's container) of a newer protocol: torch's weights-only reader warns
+    about the protocol on stderr (a second line beside morphreg's); the refusal is the only output."""
+    import warnings
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "x", "payload": Exploit()}, handle, protocol=protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"evil.pt' is not a readable PyTorch weights file"):
+            VxmDense.load(path)
+    assert not caught, [str(w.message) for w in caught]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -186,3 +207,21 @@ def test_affine_net_starts_at_identity_and_round_trips(ndim, tmp_path):
     assert type(loaded) is AffineNet and torch.equal(loaded(moving, fixed).disp, out.disp)
     with pytest.raises(CheckpointError, match="not a VxmDense"):
         VxmDense.load(tmp_path / "affine.pt")
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("enc", "16,32,32,32", "'enc' must be a list of integers, got '16,32,32,32'"),
+    ("enc", [16, "32"], "'enc' must hold integers only"),
+    ("dec", [8.5, 8, 8], "'dec' must hold integers only"),
+    ("enc", [-4, 8], "'enc' must hold positive integers"),
+    ("int_steps", "7", "'int_steps' must be an integer, got '7'"),
+    ("int_steps", -2, "'int_steps' must not be negative"),
+    ("bidir", "no", "'bidir' must be true or false"),
+])
+def test_checkpoint_config_of_the_wrong_type_names_the_key(tmp_path, key, value, why):
+    """A config value of the wrong type is refused with the key named, before the model is built."""
+    ckpt = VxmDense(2, **SMALL).checkpoint()
+    ckpt["config"][key] = value
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"bad.pt' has an invalid VxmDense config: {re.escape(why)}"):
+        load_model(tmp_path / "bad.pt")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -356,3 +357,82 @@ def test_absurd_widths_are_refused_before_building(corpus, tmp_path, monkeypatch
                  "--enc", "5000", "5000", "5000", "5000", "--no-progress"]) == 1
     assert re.search(r"the requested network: its VxmDense config .* needs 2\.\d GB of weights, more than the "
                      r"268 MB a model may take", _one_line(capsys))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18, third round: what the 131-case probe still found
+
+
+def _pairs_csv(corpus: Path, path: Path, n: int = 6, bad_row: int | None = None) -> Path:
+    lines = ["moving,fixed,moving_seg,fixed_seg"]
+    for i in range(n):
+        moving = corpus / "truncated.nii.gz" if i + 1 == bad_row else corpus / "img" / f"s{i}.nii.gz"
+        lines.append(f"{moving},{corpus}/img/s{i + 1}.nii.gz,{corpus}/seg/s{i}.nii.gz,{corpus}/seg/s{i + 1}.nii.gz")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_reads_every_row_before_registering_any(corpus, tmp_path, capsys):
+    """An unreadable file in row 6 stops `evaluate` before row 1 is registered: one line naming the
+    CSV line and the file, and nothing written (no figures of rows 1-4, no report folder)."""
+    pairs = _pairs_csv(corpus, tmp_path / "pairs.csv", bad_row=6)
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(corpus / "run"), "--pairs", str(pairs), "--out", str(out),
+                 "--no-progress", "--no-hd95"]) == 1
+    line = _one_line(capsys)
+    assert re.search(r"pairs.csv' line 7: .*cannot read '.*truncated.nii.gz'", line), line
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+def test_evaluate_reports_the_pairs_that_finished(corpus, tmp_path, capsys, monkeypatch):
+    """A pair whose registration fails mid-run does not discard the others: the report covers the
+    finished pairs, summary.json and report.html list the failed row, and one line says so."""
+    import json
+
+    from morphreg.workflows import evaluate as evaluation
+
+    real = evaluation.score_pair
+
+    def flaky(register, pair, **kwargs):
+        if pair.name == "0002":
+            raise RuntimeError("the registration of this pair diverged")
+        return real(register, pair, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_pair", flaky)
+    pairs = _pairs_csv(corpus, tmp_path / "pairs.csv")
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(corpus / "run"), "--pairs", str(pairs), "--out", str(out),
+                 "--no-progress", "--no-hd95", "--figures", "0"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "diverged (1 of 6 pairs failed; the report in" in line and "covers the 5 that finished" in line, line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_pairs"] == 5 and [f["row"] for f in summary["failed"]] == [3]
+    assert len((out / "pairs.csv").read_text().splitlines()) == 6  # header + 5 pairs
+    assert "Failed pairs (1" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("via", ["segs", "pairs"])
+def test_a_huge_label_value_for_the_dice_loss_names_its_file(corpus, tmp_path, capsys, via):
+    """`--seg-weight` with a label value of 1e9: refused before training, naming the label map."""
+    import shutil
+
+    (tmp_path / "seg").mkdir()
+    for i in range(8):
+        shutil.copy(corpus / "seg" / f"s{i}.nii.gz", tmp_path / "seg" / f"s{i}.nii.gz")
+    labels = nib.load(str(corpus / "seg" / "s3.nii.gz")).get_fdata().astype(np.int32)
+    labels[labels == 1] = 1_000_000_000
+    nii(tmp_path / "seg" / "s3.nii.gz", labels)
+    if via == "segs":
+        data = ["--data", str(corpus / "img"), "--segs", str(tmp_path / "seg")]
+        named = r"--segs '.*seg': label map 3 \(s3\)"
+    else:
+        pairs = tmp_path / "pairs.csv"
+        pairs.write_text("moving,fixed,moving_seg,fixed_seg\n" + "".join(
+            f"{corpus}/img/s{i}.nii.gz,{corpus}/img/s{i + 1}.nii.gz,{tmp_path}/seg/s{i}.nii.gz,"
+            f"{tmp_path}/seg/s{i + 1}.nii.gz\n" for i in range(4)))
+        data = ["--data", str(corpus / "img"), "--pairs", str(pairs)]
+        named = r"--pairs '.*pairs.csv' line \d: (moving|fixed)_seg '.*s3.nii.gz'"
+    assert main(["train", *data, "--seg-weight", "0.01", "--out", str(tmp_path / "run"), "--no-progress",
+                 *TINY]) == 1
+    line = _one_line(capsys)
+    assert re.search(r"the largest label value is 1000000000 \(" + named + r"\), so the Dice loss", line), line

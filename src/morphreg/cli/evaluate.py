@@ -94,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..workflows.distributed import check_env, init_from_env
-    from ..workflows.evaluate import evaluate_jobs, evaluate_pairs, evaluation_jobs, load_pair_rows
+    from ..workflows.evaluate import (
+        check_pair_rows,
+        evaluate_jobs,
+        evaluate_pairs,
+        evaluation_jobs,
+        load_pair_rows,
+    )
     from ..workflows.pipeline import NetworkRegistration
     from ..workflows.report_html import write_html_report
     from ..workflows.spec import RegistrationSpec
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     labels = label_table(args.labels)
     names = labels.names if labels else None
     if info.enabled:  # torchrun: every rank takes every world_size-th pair
+        check_pair_rows(args.pairs, rows, model.ndim)  # a bad row fails before the first registration
         pairs = load_pair_rows(args.pairs, rows, normalise, model.ndim)
         registration = NetworkRegistration(model, device, precision=args.precision)
         summary = evaluate_pairs(registration, pairs, out, figures=args.figures,
@@ -128,4 +135,9 @@ def run(args: argparse.Namespace) -> int:
         page = write_html_report(out, title=f"morphreg evaluate: {subject_names(args.model)[0]} on "
                                  f"{Path(args.pairs).name}", label_names=names)
         print(f"report: {out / 'summary.json'}, {page}")
+    failed = summary.get("failed") or []
+    if failed:
+        raise UserError(f"{failed[0]['message']} ({len(failed)} of {summary['n_pairs'] + len(failed)} pairs failed; "
+                        f"the report in '{out}' covers the {summary['n_pairs']} that finished and summary.json lists "
+                        "the failed rows)")
     return 0

@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         is_main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes and reports
         data = _data_and_split(args, out, is_main)
         result = train(settings, data.train, data.val, out, resume=args.resume, progress=not args.no_progress,
-                       n_labels=data.n_labels)
+                       n_labels=data.n_labels, label_source=data.label_source)
     except ResumeMismatch as err:
         raise _resume_refusal(out, err.changes) from None
     if is_main:

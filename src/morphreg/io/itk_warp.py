@@ -18,7 +18,7 @@ import torch
 from .._files import atomic_write
 from .formats import ImageReadError, split_ext
 from .gzip_files import write_image
-from .nifti import NIFTI_INTENT_VECTOR
+from .nifti import NIFTI_INTENT_VECTOR, check_header_fixes, quiet_load
 from .warp import WarpField, field_array
 
 #: RAS <-> LPS: negate x and y.
@@ -109,10 +109,11 @@ def load_itk_warp(path: str | Path) -> WarpField:
     if split_ext(path)[1] not in (".nii", ".nii.gz"):
         raise ImageReadError(f"{fn}: cannot read '{path}': an ITK/ANTs field must be a NIfTI file")
     try:
-        img = nib.load(str(path))
+        img, messages = quiet_load(path)
         data = np.asarray(img.dataobj, dtype=np.float64)
     except Exception as err:  # nibabel raises many types for broken files
         raise ImageReadError(f"{fn}: cannot read '{path}': {str(err).splitlines()[0][:160]}") from None
+    check_header_fixes(fn, path, img, messages)
     affine = np.asarray(img.affine, dtype=np.float64)
     shape = data.shape
     if data.ndim != 5 or shape[3] != 1 or shape[4] not in (2, 3):
@@ -138,7 +139,7 @@ def load_itk_warp(path: str | Path) -> WarpField:
 def is_itk_warp(path: str | Path) -> bool:
     """Whether a NIfTI field says it is an ITK/ANTs field (written by :func:`save_itk_warp`)."""
     try:
-        header = nib.load(str(path)).header
+        header = quiet_load(path)[0].header
     except Exception:
         return False
     texts = [bytes(np.asarray(header[k]).item()).decode("ascii", "replace") for k in ("descrip", "intent_name")]

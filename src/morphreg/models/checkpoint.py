@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -61,6 +62,55 @@ def _check_zip_sizes(path: Path) -> None:
         )
 
 
+def _config_value_error(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the constructor hint (``int``, ``float``, ``bool``, ``Sequence[int]``,
+    ``Sequence[float]``), or ``None`` when it fits (or the hint is of another kind)."""
+    import math
+    import typing
+    from collections.abc import Sequence
+
+    def number(v: Any, kind: type) -> bool:
+        if isinstance(v, bool):
+            return False
+        return isinstance(v, int) if kind is int else isinstance(v, (int, float)) and math.isfinite(v)
+
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint in (int, float):
+        if not number(value, hint):
+            return "must be an integer" if hint is int else "must be a finite number"
+        return None if value >= 0 else "must not be negative"
+    if typing.get_origin(hint) is Sequence and typing.get_args(hint) in ((int,), (float,)):
+        kind = typing.get_args(hint)[0]
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return f"must be a list of {'integers' if kind is int else 'numbers'}"
+        if not all(number(v, kind) for v in value):
+            return f"must hold {'integers' if kind is int else 'finite numbers'} only"
+        if kind is int and not all(v > 0 for v in value):
+            return "must hold positive integers (channel counts, depths)"
+    return None
+
+
+def check_config_types(model_cls: type[SavableModel], config: dict[str, Any], source: str) -> None:
+    """Refuse a config value whose type does not fit the constructor's type hint, naming the key.
+
+    Raises:
+        CheckpointError: ``"<source> has an invalid <Model> config: 'enc' must be a list of
+            integers, got '16,32'"``.
+    """
+    import typing
+
+    try:
+        hints = typing.get_type_hints(model_cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable hints: the constructor checks what it can
+        return
+    for key, value in config.items():
+        why = _config_value_error(value, hints[key]) if key in hints and key != "return" else None
+        if why:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise CheckpointError(f"{source} has an invalid {model_cls.__name__} config: '{key}' {why}, got {shown}")
+
+
 def check_model_size(model_cls: type[SavableModel], config: dict[str, Any], source: str) -> SavableModel:
     """The model of ``config`` on the meta device: shapes without memory, checked against the budget.
 
@@ -69,6 +119,7 @@ def check_model_size(model_cls: type[SavableModel], config: dict[str, Any], sour
             (:func:`morphreg._limits.model_budget`). The message starts with ``source``.
     """
     name = model_cls.__name__
+    check_config_types(model_cls, config, source)
     try:
         with torch.device("meta"):
             skeleton = model_cls(**config)
@@ -129,7 +180,11 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise CheckpointError(f"checkpoint '{path}' is empty")
     _check_zip_sizes(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (UserWarning, on stderr) about a pickle protocol its weights-only reader may
+            # not support; the load succeeds or fails below with one message, so the warning is noise
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         code_lines = [line for line in lines if "GLOBAL" in line]

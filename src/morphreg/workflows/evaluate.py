@@ -61,14 +61,32 @@ def pairs_from_csv(
     return load_pair_rows(csv_path, rows, normalise, ndim)
 
 
+def _row_pair(csv_path: str | os.PathLike[str], i: int, row: Mapping[str, Any], ndim: int | None) -> Any:
+    """Row ``i`` (0-based) of a pairs CSV read as a pair on the fixed grid; errors name its line."""
+    where = f"`pairs_csv` '{csv_path}' line {i + 2}:"
+    names = {k: f"{where} {k}" for k in ("moving", "fixed", "moving_seg", "fixed_seg")}
+    pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"), names=names)
+    if ndim is not None and pair.fixed.ndim != ndim:
+        raise ValueError(f"pairs file '{csv_path}' line {i + 2}: images are {pair.fixed.ndim}D, expected {ndim}D")
+    return pair
+
+
+def check_pair_rows(csv_path: str | os.PathLike[str], rows: list, ndim: int | None) -> None:
+    """Read every pair once before any is registered, so a bad file in any row fails the evaluation
+    before it starts (and before anything is written), naming its line.
+
+    Raises:
+        ValueError: the first row that cannot be read (unreadable file, label map off its image's
+            grid, wrong dimensionality, ...).
+    """
+    for i, row in enumerate(rows):
+        _row_pair(csv_path, i, row, ndim)
+
+
 def load_pair_rows(csv_path: str | os.PathLike[str], rows: list, normalise: str | None, ndim: int | None
                ) -> Iterator[EvalPair]:
     for i, row in enumerate(rows):
-        where = f"`pairs_csv` '{csv_path}' line {i + 2}:"
-        names = {k: f"{where} {k}" for k in ("moving", "fixed", "moving_seg", "fixed_seg")}
-        pair = load_pair(row["moving"], row["fixed"], row.get("moving_seg"), row.get("fixed_seg"), names=names)
-        if ndim is not None and pair.fixed.ndim != ndim:
-            raise ValueError(f"pairs file '{csv_path}' line {i + 2}: images are {pair.fixed.ndim}D, expected {ndim}D")
+        pair = _row_pair(csv_path, i, row, ndim)
         segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
         yield EvalPair(f"{i:04d}", network_input(pair.moving, normalise), network_input(pair.fixed, normalise),
                        *segs, moving_name=str(row["moving"]), fixed_name=str(row["fixed"]),
@@ -199,7 +217,7 @@ def summarise(pair_rows: list[dict[str, Any]], structure_rows: list[dict[str, An
         if math.isfinite(srow["dice_after"]):
             per_structure["after"].setdefault(srow["structure"], []).append(srow["dice_after"])
             per_structure["before"].setdefault(srow["structure"], []).append(srow["dice_before"])
-    summary: dict[str, Any] = {"method": method, "n_pairs": len(pair_rows)}
+    summary: dict[str, Any] = {"method": method, "n_pairs": len(pair_rows), "failed": []}
     for key in PAIR_COLUMNS[3:]:
         summary[key] = _nan_stats([r.get(key, math.nan) for r in pair_rows])
     summary["per_structure_dice_after"] = {k: _nan_stats(v)["mean"] for k, v in per_structure["after"].items()}
@@ -262,14 +280,23 @@ class EvalJob:
     def finished(self) -> bool:
         return False
 
+    def read_pair(self) -> Any:
+        """The pair on the fixed grid (:func:`morphreg.workflows.files.load_pair`); errors name the CSV line."""
+        try:
+            pair = load_pair(self.moving, self.fixed, self.moving_seg, self.fixed_seg,
+                             names=dict(self.input_names) or None)
+        except ValueError as err:  # a file's own message (io) names the file, not the row
+            message = first_line(err)
+            raise ValueError(message if f"line {self.row + 1}" in message else f"{self.where} {message}") from None
+        if self.ndim is not None and pair.fixed.ndim != self.ndim:
+            raise ValueError(f"{self.where} images are {pair.fixed.ndim}D, expected {self.ndim}D")
+        return pair
+
     def run(self, resume: bool = False) -> JobStatus:
         """Never raises for this pair's failures; ``extra`` holds ``(pairs.csv row, structures.csv rows)``."""
         start = time.perf_counter()
         try:
-            pair = load_pair(self.moving, self.fixed, self.moving_seg, self.fixed_seg,
-                             names=dict(self.input_names) or None)
-            if self.ndim is not None and pair.fixed.ndim != self.ndim:
-                raise ValueError(f"{self.where} images are {pair.fixed.ndim}D, expected {self.ndim}D")
+            pair = self.read_pair()
             built = self.spec.build(pair, moving_path=self.moving)
             segs = [None if s is None else io.to_tensor(s) for s in (pair.moving_seg, pair.fixed_seg)]
             scored = EvalPair(self.name, network_input(pair.moving, built.normalise),
@@ -305,18 +332,28 @@ def evaluate_jobs(jobs: Sequence[EvalJob], out_dir: str | os.PathLike[str], runn
     """Run ``jobs`` on ``runner`` (:mod:`morphreg.workflows.runner`) and write the reports, as
     :func:`evaluate_pairs` does.
 
+    Every pair is read once first (:meth:`EvalJob.read_pair`), so an unreadable file in any row
+    stops the evaluation before the first registration, with nothing written. A pair that fails
+    later (its registration) does not discard the others: the reports cover the pairs that
+    finished and the summary's ``failed`` lists the rows that did not (``{row, pair, message}``).
+
+    Returns:
+        The summary (also ``summary.json``); ``failed`` is empty when every pair finished.
+
     Raises:
-        ValueError: a pair failed (the first failing row's message); no report is written.
+        ValueError: a row cannot be read (naming its CSV line; nothing is written).
     """
     from .runner import run_jobs
 
     viz = _viz_or_none(figures)
+    for job in jobs:
+        job.read_pair()
     statuses = run_jobs(jobs, runner, report=lambda line: None)
+    done = [s for s in statuses if s.status == "done"]
     failed = [s for s in statuses if s.status == "error"]
-    if failed:
-        raise ValueError(failed[0].message)
-    pair_rows = [s.extra[0] for s in statuses]
-    structure_rows = [r for s in statuses for r in s.extra[1]]
+    pair_rows = [s.extra[0] for s in done]
+    structure_rows = [r for s in done for r in s.extra[1]]
     summary, per_structure = summarise(pair_rows, structure_rows, method)
+    summary["failed"] = [{"row": s.row, "pair": s.name, "message": s.message} for s in failed]
     write_reports(Path(out_dir), pair_rows, structure_rows, summary, per_structure, viz)
     return summary

@@ -336,9 +336,9 @@ def estimated_memory(job: Any, batch: int = 1) -> int:
     path = getattr(job, "fixed", None)
     if path:
         try:
-            import nibabel as nib
+            from ..io.nifti import quiet_load
 
-            voxels = math.prod(nib.load(str(path)).shape[:3])
+            voxels = math.prod(quiet_load(path)[0].shape[:3])
         except Exception:  # noqa: BLE001 - not a NIfTI/MGH, or unreadable: the job reports it; guess
             pass
     spec = getattr(job, "spec", None)

@@ -50,6 +50,11 @@ def write_html_report(report_dir: str | Path, *, title: str = "morphreg evaluati
     stats = [[key, f"{value['mean']:.4f}", f"{value['sd']:.4f}", str(value.get("n", ""))]
              for key, value in summary.items() if isinstance(value, dict) and "mean" in value]
     parts += ["<h2>Summary</h2>", _table(["metric", "mean", "sd", "n"], stats)]
+    failed = summary.get("failed") or []
+    if failed:
+        parts += [f"<h2>Failed pairs ({len(failed)}, not in the tables)</h2>",
+                  _table(["row", "pair", "why"], [[str(f.get("row", "")), str(f.get("pair", "")),
+                                                   str(f.get("message", ""))] for f in failed])]
     structures = summary.get("per_structure_dice_after") or {}
     if structures:
         rows = []

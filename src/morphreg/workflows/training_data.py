@@ -23,6 +23,17 @@ class TrainingData:
     train_names: list[str]
     val_names: list[str]
     n_labels: int | None
+    #: which label map holds the largest label value (messages name it), ``None`` without labels
+    label_source: str | None = None
+
+
+def _largest(maps: list[np.ndarray], what: list[str]) -> tuple[int | None, str | None]:
+    """``(largest label value + 1, description of the map holding it)``; ``(None, None)`` for no maps."""
+    if not maps:
+        return None, None
+    highest = [int(m.max()) if m.size else 0 for m in maps]
+    at = int(np.argmax(highest))
+    return highest[at] + 1, what[at]
 
 
 def subset(arrays: list[np.ndarray] | None, indices: list[int]) -> list[np.ndarray] | None:
@@ -32,13 +43,19 @@ def subset(arrays: list[np.ndarray] | None, indices: list[int]) -> list[np.ndarr
 
 def load_optional_segs(segs: str | None, seg_key: str | None, n: int) -> list[np.ndarray] | None:
     """Label maps matching ``n`` images (integer arrays), or ``None`` without ``segs``."""
+    loaded = _load_segs(segs, seg_key, n)
+    return None if loaded is None else loaded[0]
+
+
+def _load_segs(segs: str | None, seg_key: str | None, n: int) -> tuple[list[np.ndarray], list[str]] | None:
+    """The label maps of ``segs`` and how messages name each one."""
     if segs is None:
         return None
     arrays, names = load_collection(segs, key=seg_key)
     if len(arrays) != n:
         raise ValueError(f"`segs` '{segs}' holds {len(arrays)} label maps but `data` holds {n} images")
-    return [as_label_map(seg, f"`segs` '{segs}': label map {i} ({name})")
-            for i, (seg, name) in enumerate(zip(arrays, names))]
+    what = [f"`segs` '{segs}': label map {i} ({name})" for i, name in enumerate(names)]
+    return [as_label_map(seg, w) for seg, w in zip(arrays, what)], what
 
 
 def build_training_data(
@@ -66,7 +83,8 @@ def build_training_data(
     if pairs_csv is not None:
         return _from_pairs_csv(pairs_csv, key, seg_key, val_fraction, seed, normalise, augment)
     images, names = load_collection(data, key=key)
-    seg_arrays = load_optional_segs(segs, seg_key, len(images))
+    loaded = _load_segs(segs, seg_key, len(images))
+    seg_arrays, seg_what = (None, []) if loaded is None else loaded
     split = split_subjects(len(images), val_fraction=val_fraction, seed=seed)
     if atlas is None and len(split.train) < 2:
         raise ValueError(
@@ -74,7 +92,6 @@ def build_training_data(
             f"{len(split.val)} of them validate and {len(split.train)} is left for training, but random "
             "pairs need at least 2 training images: give more images or a smaller `val_fraction` (0 for none)"
         )
-    n_labels = None if seg_arrays is None else int(max(int(s.max()) for s in seg_arrays)) + 1
     atlas_img = atlas_lab = None
     if atlas is not None:
         atlas_img = io.load_volume(atlas).data
@@ -82,6 +99,9 @@ def build_training_data(
             atlas_lab = as_label_map(io.load_volume(atlas_seg).data, f"`atlas_seg` '{atlas_seg}'")
         elif seg_arrays is not None:
             raise ValueError("`atlas` with `segs` needs `atlas_seg` (the atlas label map)")
+    n_labels, label_source = (None, None) if seg_arrays is None else _largest(
+        seg_arrays + ([atlas_lab] if atlas_lab is not None else []),
+        seg_what + ([f"`atlas_seg` '{atlas_seg}'"] if atlas_lab is not None else []))
     pairing = "atlas" if atlas is not None else "random"
     extra = {"atlas": atlas_img, "atlas_seg": atlas_lab} if atlas is not None else {}
     train = PairDataset(subset(images, split.train), subset(seg_arrays, split.train), pairing, seed=seed,
@@ -96,7 +116,8 @@ def build_training_data(
             count = min(val_pairs, len(split.val) - 1)
             val = PairDataset(val_images, val_segs, "pairs", pairs=[(i, i + 1) for i in range(count)],
                               normalise=normalise)
-    return TrainingData(train, val, [names[i] for i in split.train], [names[i] for i in split.val], n_labels)
+    return TrainingData(train, val, [names[i] for i in split.train], [names[i] for i in split.val], n_labels,
+                        label_source)
 
 
 def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fraction: float, seed: int,
@@ -114,21 +135,23 @@ def _from_pairs_csv(pairs_csv: str, key: str | None, seg_key: str | None, val_fr
     segs = None
     if has_segs:
         seg_of: dict[int, np.ndarray] = {}
+        what_of: dict[int, str] = {}
         for row in rows:
             for col in ("moving", "fixed"):
                 file = row[f"{col}_seg"]
                 what = f"`pairs_csv` '{pairs_csv}' line {line[id(row)]}: {col}_seg '{file}'"
                 seg_key_of = seg_key if io.split_ext(file)[1] == ".npz" else None
                 seg_of[index[row[col]]] = as_label_map(io.load_volume(file, key=seg_key_of).data, what)
+                what_of[index[row[col]]] = what
         segs = [seg_of[i] for i in range(len(files))]
     pairs = [(index[r["moving"]], index[r["fixed"]]) for r in rows]
     n_val = int(round(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
     train_pairs, val_pairs = pairs[: len(pairs) - n_val], pairs[len(pairs) - n_val:]
     train = PairDataset(images, segs, "pairs", pairs=train_pairs, seed=seed, augment=augment, normalise=normalise)
     val = PairDataset(images, segs, "pairs", pairs=val_pairs, normalise=normalise) if val_pairs else None
-    n_labels = None if segs is None else int(max(int(s.max()) for s in segs)) + 1
+    n_labels, label_source = (None, None) if segs is None else _largest(segs, [what_of[i] for i in range(len(files))])
     names = [io.split_ext(f)[0] for f in files]
-    return TrainingData(train, val, names, [], n_labels)
+    return TrainingData(train, val, names, [], n_labels, label_source)
 
 
 #: The data options stored in a run's ``split.json`` and checked when it is resumed.

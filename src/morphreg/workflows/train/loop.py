@@ -64,7 +64,8 @@ def _prepare_process(settings: TrainSettings, run_dir: Path) -> tuple[torch.devi
     return device, info
 
 
-def _data_facts(settings: TrainSettings, train_set: PairDataset, n_labels: int | None) -> tuple[int, int]:
+def _data_facts(settings: TrainSettings, train_set: PairDataset, n_labels: int | None,
+                label_source: str | None = None) -> tuple[int, int]:
     """``(ndim, n_labels)`` of the training data; the Dice loss's labels are checked against the budget."""
     sample = train_set[0]
     ndim = sample["moving"].dim() - 1
@@ -73,7 +74,7 @@ def _data_facts(settings: TrainSettings, train_set: PairDataset, n_labels: int |
             raise ValueError("train: seg_weight > 0 needs label maps for the training images (`segs`)")
         if n_labels is None:
             n_labels = int(max(int(s.max()) for s in train_set.segs)) + 1
-        check_one_hot_budget(n_labels, settings.batch_size, tuple(sample["moving"].shape[1:]))
+        check_one_hot_budget(n_labels, settings.batch_size, tuple(sample["moving"].shape[1:]), label_source)
     return ndim, n_labels or 1
 
 
@@ -237,6 +238,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     n_labels: int | None = None,
+    label_source: str | None = None,
 ) -> TrainResult:
     """Train a :class:`VxmDense` (an :class:`AffineNet`, a lecture family) on ``train_set``; see the package docstring.
 
@@ -248,11 +250,13 @@ def train(
         resume: continue from ``run_dir/state.pt`` up to ``settings.steps``.
         progress: show a progress bar (rank 0 only).
         n_labels: number of label values (max label + 1) for the Dice loss; default from the data.
+        label_source: the label map holding the largest value (named when it is refused), e.g.
+            :attr:`~morphreg.workflows.training_data.TrainingData.label_source`.
     """
     run = RunDir(run_dir)
     device, info = _prepare_process(settings, run.root)
     logger = setup_logger(run.root, info.is_main)
-    ndim, n_labels = _data_facts(settings, train_set, n_labels)
+    ndim, n_labels = _data_facts(settings, train_set, n_labels, label_source)
     torch.manual_seed(settings.seed)
     model = build_model(settings, ndim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)

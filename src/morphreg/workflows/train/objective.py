@@ -123,13 +123,17 @@ def validate(
     return dice_mean, float(np.mean(sims)) if sims else float("nan")
 
 
-def check_one_hot_budget(n_labels: int, batch: int, spatial_shape: tuple[int, ...]) -> None:
-    """The Dice loss one-hot encodes labels 0..n_labels-1: refuse label values it cannot hold."""
+def check_one_hot_budget(n_labels: int, batch: int, spatial_shape: tuple[int, ...],
+                         source: str | None = None) -> None:
+    """The Dice loss one-hot encodes labels 0..n_labels-1: refuse label values it cannot hold.
+
+    ``source`` names the label map holding the largest value (the message names it)."""
     nbytes = 4 * 3 * n_labels * batch * math.prod(spatial_shape)  # moving, fixed and warped one-hots
     budget = _limits.memory_limit() // _limits.MODEL_SHARE
     if nbytes > budget:
+        where = f" ({source})" if source else ""
         raise ValueError(
-            f"train: the largest label value is {n_labels - 1}, so the Dice loss (`seg_weight`) needs one-hot "
+            f"train: the largest label value is {n_labels - 1}{where}, so the Dice loss (`seg_weight`) needs one-hot "
             f"maps of {n_labels} channels ({_limits.format_bytes(nbytes)} per batch), more than "
             f"{_limits.format_bytes(budget)} (1/{_limits.MODEL_SHARE} of the {_limits.budget_note()}); "
             "relabel the maps to consecutive values 0..K"
