@@ -126,6 +126,17 @@ def save_warp(
 _UNITS_RE = re.compile(r"units\s*=\s*(voxel|mm)\b")
 
 
+def states_units(path: PathLike) -> bool:
+    """Whether a NIfTI file's header states the units of a morphreg field (``units=voxel|mm``);
+    ``False`` for a file nibabel cannot open."""
+    try:
+        header = nib.load(str(path)).header
+        texts = [bytes(np.asarray(header[k]).item()).decode("ascii", "replace") for k in ("descrip", "intent_name")]
+    except Exception:  # noqa: BLE001 - not a NIfTI file: it states nothing
+        return False
+    return any(_UNITS_RE.search(text) for text in texts)
+
+
 def load_warp(path: PathLike, units: str | None = None) -> WarpField:
     """Read a displacement field written by :func:`save_warp`; return it in voxel units.
 
