@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import subprocess
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -88,6 +90,7 @@ def build_corpus(d: Path) -> Path:
           "--moved", str(d / "moved_ok.nii.gz"), "--warp", str(d / "warp2d.nii.gz")])
     build_second_round(d, images, labels, run)
     build_third_round_template(d, images, labels)
+    build_third_round(d, images, labels)
     return d
 
 
@@ -422,3 +425,207 @@ THIRD_ROUND_TEMPLATE = [
      r"--device cuda: CUDA is not available"),
 ]
 BAD_INPUTS += THIRD_ROUND_TEMPLATE
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18, "a third round, on what is new": initial transforms and ITK files, cohorts, segment,
+# models, read-only outputs. Files live in ``d / "r3"``; the read-only folder is made last.
+
+
+def _text_matrix(path: Path, matrix: np.ndarray, header: bool = True) -> Path:
+    """A 4x4 text matrix; ``header``: with the first line of morphreg's own RAS files (detected as RAS)."""
+    rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in np.atleast_2d(matrix))
+    path.write_text(("# 4x4 world (mm) matrix (RAS)\n" if header else "") + rows + "\n")
+    return path
+
+
+def _writable(folder: Path) -> bool:
+    probe = folder / ".probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+def make_read_only(folder: Path) -> bool:
+    """Make ``folder`` refuse new files, even to root (``chattr +i``; else permission bits); whether it worked."""
+    folder.chmod(0o555)
+    if _writable(folder) and shutil.which("chattr"):
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+    return not _writable(folder)
+
+
+def release_corpus(d: Path) -> None:
+    """Undo :func:`make_read_only`, so that the corpus folder can be deleted."""
+    folder = d / "r3" / "readonly"
+    if folder.exists() and shutil.which("chattr"):
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True, check=False)
+    if folder.exists():
+        folder.chmod(0o755)
+
+
+def read_only_works(d: Path) -> bool:
+    """Whether the corpus' read-only folder refuses new files (the cases that need it are skipped otherwise)."""
+    return not _writable(d / "r3" / "readonly")
+
+
+def build_third_round(d: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    import SimpleITK as sitk
+    from nitransforms.linear import Affine
+
+    from morphreg import io
+    from morphreg.io.itk_warp import save_itk_warp
+
+    r3 = d / "r3"
+    r3.mkdir()
+    eye = np.eye(4)
+    # matrices: NaN, singular, projective, 10 m away, truncated, empty, headerless (FSL or RAS?)
+    _text_matrix(r3 / "nan.txt", np.where(eye == 1, np.nan, 0.0))
+    _text_matrix(r3 / "singular.txt", np.diag([1.0, 0.0, 1.0, 1.0]))
+    _text_matrix(r3 / "projective.txt", np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0.1, 0, 0, 1]]))
+    far = eye.copy()
+    far[0, 3] = 1e4
+    _text_matrix(r3 / "far.txt", far)
+    _text_matrix(r3 / "rows3.txt", eye[:3])
+    (r3 / "empty.txt").write_text("")
+    _text_matrix(r3 / "flirt.mat", eye, header=False)
+    # ITK transforms: 2D for 3D images, truncated binary, unparsable parameters, a B-spline
+    sitk.WriteTransform(sitk.AffineTransform(2), str(r3 / "itk2d.tfm"))
+    sitk.WriteTransform(sitk.AffineTransform(2), str(r3 / "itk2d.mat"))
+    raw = (r3 / "itk2d.mat").read_bytes()
+    (r3 / "itk_truncated.mat").write_bytes(raw[: len(raw) // 2])
+    text = (r3 / "itk2d.tfm").read_text()
+    (r3 / "itk_nan.tfm").write_text(text.replace("Parameters: 1 0 0 1 0 0", "Parameters: nan 0 0 1 0 0"))
+    bspline = sitk.BSplineTransform(2)
+    bspline.SetTransformDomainMeshSize([2, 2])
+    sitk.WriteTransform(bspline, str(r3 / "bspline.tfm"))
+    # FreeSurfer LTA: truncated, NaN
+    ref = nib.Nifti1Image(images[1][..., None], AFFINE)
+    Affine(eye, reference=ref).to_filename(str(r3 / "ok.lta"), fmt="fs", moving=ref)
+    lta = (r3 / "ok.lta").read_text()
+    (r3 / "truncated.lta").write_text(lta[: len(lta) // 2])
+    one = f"{1.0:.15e} {0.0:.15e} {0.0:.15e} {0.0:.15e}"
+    assert one in lta
+    (r3 / "nan.lta").write_text(lta.replace(one, "nan nan nan nan", 1))
+    # 3D volumes (for a 2D transform)
+    rng = np.random.default_rng(3)
+    for name in ("vol_a", "vol_b"):
+        nii(r3 / f"{name}.nii.gz", rng.random((10, 10, 10)).astype(np.float32))
+    # displacement fields: ITK with NaN, a 32 GB claim, a singular affine; morphreg's voxel field 10^6 voxels away
+    disp = np.zeros((2, *SHAPE), np.float32)
+    disp[0] += 1.0
+    save_itk_warp(disp, r3 / "itk.nii.gz", AFFINE)
+    itk = nib.load(r3 / "itk.nii.gz")
+    data = np.asarray(itk.dataobj).copy()
+    data[0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, itk.affine, itk.header), r3 / "itk_nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(itk.dataobj) * 1e30, itk.affine, itk.header), r3 / "itk_1e30.nii.gz")
+    singular = nib.Nifti1Image(np.asarray(itk.dataobj), None, itk.header)
+    singular.header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=2)
+    singular.header.set_qform(None, code=0)
+    nib.save(singular, r3 / "itk_singular.nii.gz")
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000, 1, 3))
+    header.set_data_dtype(np.float32)
+    header["magic"], header["vox_offset"] = b"n+1", 352
+    header["descrip"] = b"ITK/ANTs displacement field; LPS mm; fixed->moving points"
+    (r3 / "itk_claims_32gb.nii.gz").write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
+    io.save_warp(disp, r3 / "voxel_warp.nii.gz", AFFINE)
+    io.save_warp(disp * 1e6, r3 / "far_warp.nii.gz", AFFINE)
+    save_itk_warp(np.zeros((3, 10, 10, 10), np.float32), r3 / "itk3d.nii.gz", AFFINE)
+    # a coronal 2D slice (its axes leave the world x-y plane, where ITK reads 2D images)
+    coronal = AFFINE.copy()
+    coronal[:3, :3] = [[1.5, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]
+    nii(r3 / "coronal_fixed.nii.gz", images[1], coronal)
+    nii(r3 / "coronal_moving.nii.gz", images[0], coronal)
+    (r3 / "readonly").mkdir()
+    make_read_only(r3 / "readonly")
+
+
+def _dense(d: Path, *extra: str, moving: str = "img/s0.nii.gz", fixed: str = "img/s1.nii.gz") -> list[str]:
+    """``register --method dense`` (one level, two iterations) of two corpus images."""
+    return ["register", "--method", "dense", "--levels", "1", "--iterations", "2", "--quiet", "--moving",
+            str(d / moving), "--fixed", str(d / fixed), "--moved", str(d / "out" / "moved.nii.gz"), *extra]
+
+
+def _init(d: Path, name: str, *extra: str, **images: str) -> list[str]:
+    return _dense(d, "--init-matrix", str(d / "r3" / name), *extra, **images)
+
+
+def _warp(d: Path, name: str, *extra: str) -> list[str]:
+    return ["warp", "--moving", str(d / "img/s0.nii.gz"), "--warp", str(d / "r3" / name), "--moved",
+            str(d / "out" / "moved.nii.gz"), *extra]
+
+
+# Issue 18: --init-matrix, --init-warp, --warp-format itk and the detection of ITK/LTA/FSL files.
+THIRD_ROUND_TRANSFORMS = [
+    ("--init-matrix holding NaN", lambda d: _init(d, "nan.txt"),
+     r"--init-matrix: '.*nan.txt' \(a 4x4 RAS text matrix\) holds NaN or infinite values$"),
+    ("singular --init-matrix", lambda d: _init(d, "singular.txt"),
+     r"--init-matrix: '.*singular.txt' \(a 4x4 RAS text matrix\) is singular \(its linear part has rank 2 of 3\)"),
+    ("projective --init-matrix", lambda d: _init(d, "projective.txt"),
+     r"'.*projective.txt' \(a 4x4 RAS text matrix\) is not an affine matrix: its last row is '0.1 0 0 1'"),
+    ("--init-matrix 10 m away", lambda d: _init(d, "far.txt"),
+     r"--init-matrix '.*far.txt' maps no voxel of the fixed grid inside the moving image"),
+    ("--init-matrix cut to 3 rows", lambda d: _init(d, "rows3.txt", "--matrix-format", "ras"),
+     r"'.*rows3.txt' \(a 4x4 RAS text matrix\) is not a 4x4 matrix: got shape \(3, 4\)"),
+    ("empty --init-matrix", lambda d: _init(d, "empty.txt"),
+     r"--init-matrix: cannot read '.*empty.txt' as a 4x4 RAS text matrix: file is empty \(0 bytes\)$"),
+    ("FLIRT or RAS? a plain text .mat", lambda d: _init(d, "flirt.mat"),
+     r"--init-matrix: '.*flirt.mat' is a plain text matrix, which FSL FLIRT writes .*say which with "
+     r"--matrix-format fsl or ras$"),
+    ("an image as --init-matrix", lambda d: _dense(d, "--init-matrix", str(d / "img/s2.nii.gz")),
+     r"--init-matrix: cannot read '.*s2.nii.gz' as a 4x4 RAS text matrix: it holds binary data, not text"),
+    ("a folder as --init-matrix", lambda d: _dense(d, "--init-matrix", str(d / "r3")),
+     r"--init-matrix: cannot read '.*r3' as a 4x4 RAS text matrix: not a regular file$"),
+    ("2D ITK transform for 3D images", lambda d: _init(d, "itk2d.tfm", moving="r3/vol_a.nii.gz",
+                                                       fixed="r3/vol_b.nii.gz"),
+     r"cannot read '.*itk2d.tfm' as an ITK transform: it holds a 2D transform but the images are 3D$"),
+    ("truncated ITK .mat", lambda d: _init(d, "itk_truncated.mat"),
+     r"cannot read '.*itk_truncated.mat' as an ITK transform: not a readable ITK transform file \(truncated or "
+     r"corrupt\?\): Only vector parameters supported$"),
+    ("ITK transform with a NaN parameter", lambda d: _init(d, "itk_nan.tfm"),
+     r"'.*itk_nan.tfm' as an ITK transform: not a readable ITK transform file .*Error setting parameters"),
+    ("B-spline ITK transform as --init-matrix", lambda d: _init(d, "bspline.tfm"),
+     r"'.*bspline.tfm' as an ITK transform: it holds a BSplineTransform, not an affine transform$"),
+    ("truncated LTA", lambda d: _init(d, "truncated.lta"),
+     r"cannot read '.*truncated.lta' as a FreeSurfer LTA: the file is truncated or malformed \(IndexError"),
+    ("LTA holding NaN", lambda d: _init(d, "nan.lta"),
+     r"--init-matrix: '.*nan.lta' \(a FreeSurfer LTA\) holds NaN or infinite values"),
+    ("morphreg field read as ITK", lambda d: _warp(d, "voxel_warp.nii.gz", "--warp-format", "itk"),
+     r"--warp '.*voxel_warp.nii.gz' states that it is a morphreg field .*but --warp-format itk reads it as an "
+     r"ITK/ANTs field"),
+    ("ITK field holding NaN", lambda d: _warp(d, "itk_nan.nii.gz"),
+     r"cannot use '.*itk_nan.nii.gz': the field contains NaN or inf$"),
+    ("ITK field claiming 32 GB", lambda d: _warp(d, "itk_claims_32gb.nii.gz"),
+     r"'.*itk_claims_32gb.nii.gz': its header declares 2000x2000x2000x1x3 voxels of float32 \(96 GB in memory\)"),
+    ("ITK field with a singular affine", lambda d: _warp(d, "itk_singular.nii.gz"),
+     r"'.*itk_singular.nii.gz': its voxel-to-world affine is singular"),
+    ("a field 10^6 voxels long", lambda d: _warp(d, "far_warp.nii.gz"),
+     r"--warp '.*far_warp.nii.gz' maps no voxel of the fixed grid inside the moving image"),
+    ("--init-warp of 10^30 mm", lambda d: _dense(d, "--init-warp", str(d / "r3/itk_1e30.nii.gz")),
+     r"--init-warp '.*itk_1e30.nii.gz' maps no voxel of the fixed grid inside the moving image"),
+    ("3D --init-warp for 2D images", lambda d: _dense(d, "--init-warp", str(d / "r3/itk3d.nii.gz")),
+     r"--init-warp '.*itk3d.nii.gz' \(grid \(10, 10, 10\)\) is not on the --fixed grid \(32, 40\)"),
+    ("--init-warp given an LTA", lambda d: _dense(d, "--init-warp", str(d / "r3/ok.lta")),
+     r"cannot handle '.*ok.lta': unknown file extension"),
+    ("--init-matrix and --init-warp", lambda d: _init(d, "ok.lta", "--init-warp", str(d / "r3/itk.nii.gz")),
+     r"give --init-matrix or --init-warp, not both$"),
+    ("--warp-format itk on a coronal slice", lambda d: ["register", "--method", "affine", "--quiet", "--moving",
+                                                        str(d / "r3/coronal_moving.nii.gz"), "--fixed",
+                                                        str(d / "r3/coronal_fixed.nii.gz"), "--moved",
+                                                        str(d / "out/moved.nii.gz"), "--warp",
+                                                        str(d / "out/warp.nii.gz"), "--warp-format", "itk"],
+     r"--warp-format/--matrix-format itk: the 2D --fixed slice's axes leave the world x-y plane"),
+    ("--matrix named as an image", lambda d: ["register", "--method", "affine", "--quiet", "--moving",
+                                              str(d / "img/s0.nii.gz"), "--fixed", str(d / "img/s1.nii.gz"),
+                                              "--moved", str(d / "out/moved.nii.gz"), "--matrix",
+                                              str(d / "out/affine.nii.gz")],
+     r"--matrix: cannot write '.*affine.nii.gz': a matrix is a text or transform file .*not an image \(.nii.gz\)"),
+]
+BAD_INPUTS += THIRD_ROUND_TRANSFORMS
+
+#: Cases that need a folder that refuses new files (skipped where none can be made).
+NEEDS_READ_ONLY: set[str] = set()

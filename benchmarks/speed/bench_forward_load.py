@@ -133,8 +133,9 @@ def table(title: str, results: dict[tuple[int, int], dict[str, tuple]], ops: dic
             ratio = f", MONAI best / this {best_monai[s] / w:.2f}x" if name.startswith("morphreg") else ""
             cells.append(f"{common.fmt_s(w)} ({common.fmt_s(c)}){ratio}")
         rows.append(cells)
-    loads = "; ".join(f"{t} thr / {b} busy: load {results[(t, b)][next(iter(results[(t, b)]))][2]}" for t, b in settings)
-    return [f"### {title}", "", common.md_table(header, rows), "", f"Load average (1/5/15 min) during each setting: {loads}.", ""]
+    loads = "; ".join(f"{t} thr / {b} busy: load {next(iter(results[(t, b)].values()))[2]}" for t, b in settings)
+    return [f"### {title}", "", common.md_table(header, rows), "",
+            f"Load average (1/5/15 min) during each setting: {loads}.", ""]
 
 
 def main() -> None:

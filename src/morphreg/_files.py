@@ -54,6 +54,21 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def cannot_write_in(folder: PathLike) -> str | None:
+    """Why no file can be created in the existing ``folder`` (the OS's reason), or ``None`` when one can.
+
+    Tried for real (a hidden empty file, created and removed at once): permission bits do not stop
+    root, while a read-only mount or an immutable folder (``chattr +i``) stops everyone.
+    """
+    probe = Path(folder) / f".morphreg-write-test.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    probe.unlink(missing_ok=True)
+    return None
+
+
 def leftover_temporaries(path: PathLike) -> list[Path]:
     """The temporary files :func:`atomic_write` left next to ``path`` when its process was killed
     mid-write (hidden, never mistaken for ``path``; remove them once no writer can be running)."""

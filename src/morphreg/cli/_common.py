@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .._files import cannot_write_in
+
 NORMALISE_HELP = ("intensity normalisation of each image: percentile (clip to the 0.5/99.5th percentiles, then "
                   "scale to [0, 1]; the default for training), minmax, or none; registration defaults to what the "
                   "network was trained with")
@@ -161,8 +163,10 @@ def _check_place(flag: str, target: Path, places: Iterable[Path], file_verb: str
         if place.exists():
             if not place.is_dir():
                 raise UserError(f"{flag}: cannot {file_verb} '{target}': '{place}' is a file, not a folder")
-            if not os.access(place, os.W_OK):
-                raise UserError(f"{flag}: cannot {folder_verb} '{target}': folder '{place}' is not writable")
+            reason = cannot_write_in(place)
+            if reason is not None:
+                raise UserError(f"{flag}: cannot {folder_verb} '{target}': folder '{place}' is not writable "
+                                f"({reason})")
             return
 
 

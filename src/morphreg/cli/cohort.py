@@ -17,7 +17,8 @@ from ._common import (
 )
 
 SINGLE_PAIR_FLAGS = ("--moving", "--fixed", "--moved", "--warp", "--moving-seg", "--moved-seg", "--fixed-seg",
-                     "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty", "--init-matrix", "--init-warp")
+                     "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty", "--init-matrix",
+                     "--init-warp")
 
 
 def _method(args: argparse.Namespace) -> str:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         normalise_arg(args.normalise, load_network(args.model, "cpu"))
         if args.affine_model:
             load_network(args.affine_model, "cpu", "--affine-model")
-    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, label_table(args.labels))
+    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras", label_table(args.labels))
     matrix = method in ("affine", "rigid") or bool(args.affine or args.affine_model)
     jobs = cohort_jobs(rows, out, spec_from_args(args, method), formats, matrix=matrix)
     summary = register_cohort(jobs, out, runner, batch_size=args.batch_size, resume=args.resume,

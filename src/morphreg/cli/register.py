@@ -34,15 +34,17 @@ WARP_FORMAT_HELP = ("morphreg: vectors in --warp-units, pull-back moved(x)=movin
                     "displacement field (X,Y,Z,1,3) on the fixed grid, vectors in LPS mm mapping each fixed-image "
                     "point to its moving-image point, for antsApplyTransforms/ants.apply_transforms/SimpleITK "
                     "DisplacementFieldTransform")
-MATRIX_FORMAT_HELP = ("ras: 4x4 text, RAS mm, fixed-image point -> moving-image point; itk: ITK transform (.mat "
-                      "binary, .txt/.tfm text; LPS mm, fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT "
-                      "matrix (FSL scaled voxels, moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS, "
-                      "src=moving grid, dst=fixed grid, for mri_vol2vol --mov MOVING --targ FIXED --lta A.lta)")
+MATRIX_FORMAT_HELP = ("format of --matrix (default: ras) and of a plain-text --init-matrix (which FSL and morphreg "
+                      "both write, so it is refused without this flag); ras: 4x4 text, RAS mm, fixed-image point "
+                      "-> moving-image point; itk: ITK transform (.mat binary, .txt/.tfm text; LPS mm, "
+                      "fixed->moving, for sitk.ReadTransform and ANTs); fsl: FLIRT matrix (FSL scaled voxels, "
+                      "moving->fixed as FLIRT stores it); lta: FreeSurfer LTA (RAS-to-RAS, src=moving grid, "
+                      "dst=fixed grid, for mri_vol2vol --mov MOVING --targ FIXED --lta A.lta)")
 OUTPUT_FLAGS = ("--moved", "--warp", "--moved-seg", "--matrix", "--jacobian", "--inverse-warp", "--qc", "--uncertainty")
 INPUT_FLAGS = ("--moving", "--fixed", "--moving-seg", "--fixed-seg", "--model", "--affine-model", "--init-matrix",
                "--init-warp")
 OUTPUT_KINDS = {"--moved": "volume", "--moved-seg": "volume", "--warp": "warp", "--jacobian": "volume",
-                "--inverse-warp": "warp", "--uncertainty": "volume"}
+                "--inverse-warp": "warp", "--uncertainty": "volume", "--matrix": "matrix"}
 
 
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +89,7 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resample", action="store_true",
                    help="refuse moving/fixed on different grids instead of resampling moving onto the fixed grid")
     p.add_argument("--matrix", default=None, help="output: affine matrix for affine/rigid (see --matrix-format)")
-    p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default="ras", help=MATRIX_FORMAT_HELP)
+    p.add_argument("--matrix-format", choices=["ras", "itk", "fsl", "lta"], default=None, help=MATRIX_FORMAT_HELP)
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -114,8 +116,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                    help="--method dense: iterations per level, coarse to fine (e.g. 200 100 50)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--init-matrix", default=None,
-                   help="start from this affine (fixed->moving points): ITK .mat/.txt/.tfm and LTA are recognised, "
-                        "other files are read as --matrix-format says")
+                   help="start from this affine (fixed->moving points): ITK .mat/.txt/.tfm, LTA and morphreg's own "
+                        "--matrix files are recognised; a plain 4x4 text file needs --matrix-format fsl|ras")
     p.add_argument("--init-warp", default=None,
                    help="start from this displacement field on the fixed grid (morphreg's, or ITK/ANTs as "
                         "--warp-format itk or as the file states)")
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_or_error(args.device)
     paths = OutputPaths(args.moved, args.warp, args.moved_seg, args.matrix, args.jacobian, args.inverse_warp, args.qc,
                         args.uncertainty)
-    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format, labels,
+    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras", labels,
                             subject_names(args.moving, args.fixed))  # type: ignore[arg-type]
     job = PairJob(1, "pair", args.moving, args.fixed, paths, spec_from_args(args, method), formats, args.moving_seg,
                   args.fixed_seg, key=args.npz_key, resample=not args.no_resample)

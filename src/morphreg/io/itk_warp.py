@@ -18,7 +18,8 @@ import torch
 from .._files import atomic_write
 from .formats import ImageReadError, split_ext
 from .gzip_files import write_image
-from .nifti import NIFTI_INTENT_VECTOR, check_header_fixes, quiet_load
+from .nifti import NIFTI_INTENT_VECTOR, quiet_load, read_nibabel
+from .sanity import check_geometry, check_readable, normalise_dtype
 from .warp import WarpField, field_array
 
 #: RAS <-> LPS: negate x and y.
@@ -102,19 +103,17 @@ def load_itk_warp(path: str | Path) -> WarpField:
         field's own grid.
 
     Raises:
-        ImageReadError: not a NIfTI vector field of that shape, or NaN/inf.
+        ImageReadError: a missing, empty, truncated or oversized file (:mod:`.sanity`), not a
+            NIfTI vector field of that shape, NaN/inf, or a singular affine.
     """
     fn = "morphreg.io.load_itk_warp"
     path = Path(path)
     if split_ext(path)[1] not in (".nii", ".nii.gz"):
         raise ImageReadError(f"{fn}: cannot read '{path}': an ITK/ANTs field must be a NIfTI file")
-    try:
-        img, messages = quiet_load(path)
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except Exception as err:  # nibabel raises many types for broken files
-        raise ImageReadError(f"{fn}: cannot read '{path}': {str(err).splitlines()[0][:160]}") from None
-    check_header_fixes(fn, path, img, messages)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    check_readable(fn, path)
+    data, affine, _ = read_nibabel(fn, path)  # sizes from the header, gzip CRCs, then the data
+    data = normalise_dtype(fn, path, data)
+    check_geometry(fn, path, affine)
     shape = data.shape
     if data.ndim != 5 or shape[3] != 1 or shape[4] not in (2, 3):
         raise ImageReadError(
@@ -123,6 +122,7 @@ def load_itk_warp(path: str | Path) -> WarpField:
         )
     if not np.isfinite(data).all():
         raise ImageReadError(f"{fn}: cannot use '{path}': the field contains NaN or inf")
+    data = data.astype(np.float64)
     comps = shape[4]
     ndim = 2 if (comps == 2 or shape[2] == 1) else 3
     if comps == 2 and shape[2] != 1:

@@ -191,16 +191,19 @@ def load_matrix(path: str | Path, fmt: str, fixed: Volume, moving: Volume) -> np
         fixed, moving: the images the matrix was made for (``fsl`` needs both grids).
 
     Raises:
-        ValueError: an unreadable file or one that holds no affine transform.
+        ValueError: a missing, empty or unreadable file, one that holds no affine transform, or
+            a matrix that is not a finite, invertible affine map of the images' dimensionality
+            (:func:`check_affine_matrix`).
     """
     fn = "morphreg.io.load_matrix"
     _check_format(fn, fmt)
     path = Path(path)
+    _check_matrix_file(path, fmt)
     try:
         if fmt == "ras":
-            matrix = np.loadtxt(path, comments="#", dtype=np.float64)
+            matrix = _read_text_matrix(path)
         elif fmt == "itk":
-            matrix = _FLIP @ _read_itk(path) @ _FLIP
+            matrix = _FLIP @ _read_itk(path, fixed.ndim) @ _FLIP
         elif fmt == "lta":
             matrix = _read_lta(path, fixed, moving)
         else:
@@ -209,20 +212,79 @@ def load_matrix(path: str | Path, fmt: str, fixed: Volume, moving: Volume) -> np
             matrix = load(str(path), fmt="fsl", reference=_nifti_of(fixed),
                           moving=_nifti_of(moving)).matrix
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError) as err:
-        raise ValueError(f"cannot read '{path}' as a {fmt} matrix: {str(err).strip().splitlines()[0][:160]}") from None
+        raise ValueError(f"cannot read '{path}' as {_FORMAT_NAME[fmt]}: {_reason(err)}") from None
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.shape == (3, 3) and fixed.ndim == 2:  # a 2D RAS matrix
         full = np.eye(4)
         full[:2, :2], full[:2, 3] = matrix[:2, :2], matrix[:2, 2]
         matrix = full
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        raise ValueError(f"cannot read '{path}' as a {fmt} matrix: expected a finite 4x4 matrix, got shape "
-                         f"{matrix.shape}")
+    return check_affine_matrix(matrix, f"'{path}' ({_FORMAT_NAME[fmt]})")
+
+
+#: How messages name the formats.
+_FORMAT_NAME = {"ras": "a 4x4 RAS text matrix", "itk": "an ITK transform", "fsl": "an FSL FLIRT matrix",
+                "lta": "a FreeSurfer LTA"}
+
+
+def _check_matrix_file(path: Path, fmt: str) -> None:
+    """A missing, empty or folder path is named as such, before any reader guesses at it."""
+    if not path.exists():
+        raise ValueError(f"cannot read '{path}' as {_FORMAT_NAME[fmt]}: file does not exist")
+    if not path.is_file():
+        raise ValueError(f"cannot read '{path}' as {_FORMAT_NAME[fmt]}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read '{path}' as {_FORMAT_NAME[fmt]}: file is empty (0 bytes)")
+    if fmt in ("ras", "fsl", "lta") and b"\0" in path.read_bytes()[:4096]:
+        raise ValueError(f"cannot read '{path}' as {_FORMAT_NAME[fmt]}: it holds binary data, not text (an image?)")
+
+
+def _read_text_matrix(path: Path) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():  # "input contained no data" for a file of comments: the shape says it
+        warnings.simplefilter("ignore", UserWarning)
+        return np.loadtxt(path, comments="#", dtype=np.float64, ndmin=2)
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a reader's failure (ITK's own sentence; what a parser's bare error means)."""
+    from .sitk import itk_error_text
+
+    if isinstance(err, UnicodeDecodeError):
+        return "it is not text (binary data: an image?)"
+    if isinstance(err, RuntimeError) and "SimpleITK" in str(err):
+        return f"not a readable ITK transform file (truncated or corrupt?): {itk_error_text(err)}"
+    text = " ".join(str(err).split())[:160]
+    if isinstance(err, (IndexError, KeyError)) or not text:
+        return f"the file is truncated or malformed ({type(err).__name__}{': ' + text if text else ''})"
+    return text
+
+
+def check_affine_matrix(matrix: np.ndarray, what: str = "argument 'matrix'") -> np.ndarray:
+    """``matrix`` as a float64 ``(4, 4)`` affine map, or a ``ValueError`` naming ``what`` and the problem.
+
+    Refused: another shape, NaN/inf, a last row other than ``0 0 0 1`` (a projective map), and a
+    singular linear part (it would fold the image onto a plane or a point).
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"{what} is not a 4x4 matrix: got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    if not np.allclose(matrix[3], [0, 0, 0, 1], atol=1e-6):
+        row = " ".join(f"{v:.3g}" for v in matrix[3])
+        raise ValueError(f"{what} is not an affine matrix: its last row is '{row}', not '0 0 0 1'")
+    singular = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+    if not singular.min() > 1e-6 * max(float(singular.max()), 1e-12):
+        rank = int((singular > 1e-6 * singular.max()).sum())
+        raise ValueError(f"{what} is singular (its linear part has rank {rank} of 3): it would collapse the image "
+                         "onto a plane, a line or a point; the matrix must be invertible")
     return matrix
 
 
-def _read_itk(path: Path) -> np.ndarray:
-    """A 4x4 LPS matrix (fixed -> moving) from an ITK transform file with one affine-like transform."""
+def _read_itk(path: Path, ndim: int | None = None) -> np.ndarray:
+    """A 4x4 LPS matrix (fixed -> moving) from an ITK transform file with one affine-like transform
+    (of ``ndim`` dimensions, or 3 for 2D images: a 3D transform may act in their plane)."""
     import SimpleITK as sitk
 
     transform = sitk.ReadTransform(str(path))
@@ -231,6 +293,8 @@ def _read_itk(path: Path) -> np.ndarray:
         if transform.GetNumberOfTransforms() != 1:
             raise ValueError(f"it holds {transform.GetNumberOfTransforms()} transforms; expected one affine")
         transform = transform.GetNthTransform(0)
+    if ndim is not None and transform.GetDimension() < ndim:
+        raise ValueError(f"it holds a {transform.GetDimension()}D transform but the images are {ndim}D")
     ndim = transform.GetDimension()
     try:
         affine = sitk.AffineTransform(transform)

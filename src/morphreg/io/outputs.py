@@ -10,22 +10,32 @@ from .formats import FORMATS, SUPPORTED_EXTENSIONS, PathLike, split_ext
 
 
 def check_output_path(path: PathLike, kind: str = "volume") -> Path:
-    """Check, before any work, that ``path`` can be written by :func:`save_volume` or :func:`save_warp`.
+    """Check, before any work, that ``path`` can be written by :func:`save_volume`, :func:`save_warp`
+    or :func:`save_matrix`.
 
     Args:
         path: the output file.
-        kind: ``"volume"`` (any supported extension) or ``"warp"`` (``.nii``/``.nii.gz`` only).
+        kind: ``"volume"`` (any supported extension), ``"warp"`` (``.nii``/``.nii.gz`` only) or
+            ``"matrix"`` (a text or transform file: any name but an image's).
 
     Raises:
-        ValueError: an unknown extension, a warp that is not NIfTI, or an existing folder.
+        ValueError: an unknown extension, a warp that is not NIfTI, a matrix named as an image,
+            or an existing folder.
     """
     fn = "morphreg.io.check_output_path"
-    if kind not in ("volume", "warp"):
-        raise ValueError(f"{fn}: argument 'kind' must be 'volume' or 'warp', got {kind!r}")
+    if kind not in ("volume", "warp", "matrix"):
+        raise ValueError(f"{fn}: argument 'kind' must be 'volume', 'warp' or 'matrix', got {kind!r}")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write '{path}': it is a folder; give a file name such as {path / 'out.nii.gz'}")
     ext = split_ext(path)[1]
+    if kind == "matrix":
+        from .sitk import is_sitk_path
+
+        if ext or is_sitk_path(path):
+            raise ValueError(f"cannot write '{path}': a matrix is a text or transform file (.txt, .mat, .tfm, "
+                             f".lta), not an image ({ext or path.suffix})")
+        return path
     if not ext:
         raise ValueError(
             f"cannot write '{path}': unknown file extension; supported: {', '.join(SUPPORTED_EXTENSIONS)}"

@@ -19,6 +19,14 @@ SITK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nrrd", ".
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def itk_error_text(err: BaseException, limit: int = 160) -> str:
+    """ITK's own sentence of a SimpleITK exception, without its source location and object address."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"^Exception thrown in SimpleITK \w+:\s*", "", text)
+    text = re.sub(r"^.*ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
+    return text[-limit:]
+
+
 def is_sitk_path(path: str | Path) -> bool:
     """Whether ``path`` is read by :func:`read_sitk`: one of :data:`SITK_EXTENSIONS`, or a folder (DICOM series)."""
     path = Path(path)
@@ -60,9 +68,7 @@ def read_sitk(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"{fn}: cannot read '{path}': file does not exist")
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        # keep ITK's own sentence, not its source location and object address
-        detail = re.sub(r"^.*ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", " ".join(str(err).split()))[-160:]
-        raise ValueError(f"{fn}: cannot read '{path}' with SimpleITK: {detail}") from None
+        raise ValueError(f"{fn}: cannot read '{path}' with SimpleITK: {itk_error_text(err)}") from None
     ndim = image.GetDimension()
     if ndim not in (2, 3):
         raise ValueError(f"{fn}: cannot use '{path}': expected a 2D or 3D image, got {ndim}D")

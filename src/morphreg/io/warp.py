@@ -25,7 +25,7 @@ from nibabel.filebasedimages import FileBasedHeader
 from .._files import atomic_write
 from .formats import ImageReadError, PathLike, format_of
 from .gzip_files import write_image
-from .nifti import NIFTI_INTENT_VECTOR, nifti_image, read_nibabel
+from .nifti import NIFTI_INTENT_VECTOR, nifti_image, quiet_load, read_nibabel
 from .sanity import check_finite, check_geometry, check_readable, normalise_dtype
 from .volume import check_affine
 
@@ -124,6 +124,17 @@ def save_warp(
 
 
 _UNITS_RE = re.compile(r"units\s*=\s*(voxel|mm)\b")
+
+
+def states_units(path: PathLike) -> bool:
+    """Whether a NIfTI file's header states the units of a morphreg field (``units=voxel|mm``);
+    ``False`` for a file nibabel cannot open."""
+    try:
+        header = quiet_load(path)[0].header
+        texts = [bytes(np.asarray(header[k]).item()).decode("ascii", "replace") for k in ("descrip", "intent_name")]
+    except Exception:  # noqa: BLE001 - not a NIfTI file: it states nothing
+        return False
+    return any(_UNITS_RE.search(text) for text in texts)
 
 
 def load_warp(path: PathLike, units: str | None = None) -> WarpField:

@@ -146,6 +146,44 @@ def load_pair(
     return PairOnGrid(moving_grid, fixed_vol, moving_lab_grid, fixed_lab, True, moving_vol, moving_lab)
 
 
+def moving_coordinates(moving: io.Volume, fixed: io.Volume,
+                       disp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each fixed voxel samples ``moving``: its moving voxel coordinates and whether they are inside.
+
+    Args:
+        moving: the moving volume on its own grid; ``fixed``: the output grid.
+        disp: ``(1, ndim, *fixed_spatial)`` voxels of the fixed grid, or ``None``.
+
+    Returns:
+        ``coords`` ``(ndim, *fixed_spatial)`` float32 moving voxel indices
+        ``inv(A_moving) @ A_fixed @ (x + u(x))``, and ``inside`` ``(*fixed_spatial)`` bool: within
+        half a voxel of the moving image's border planes.
+    """
+    from ..geometry import fixed_to_moving_voxels
+
+    ndim = fixed.ndim
+    vox = torch.from_numpy(fixed_to_moving_voxels(moving.affine, fixed.affine, ndim)).float()
+    lin, offset = vox[:ndim, :ndim], vox[:ndim, 3]
+    points = spatial.identity_grid(fixed.shape)
+    if disp is not None:
+        points = points + disp.detach().to("cpu", torch.float32)[0]
+    # moving voxel coordinates (ndim, *spatial): lin @ points + offset, one axis at a time
+    coords = torch.stack([sum(lin[k, j] * points[j] for j in range(ndim)) + offset[k] for k in range(ndim)])
+    del points
+    upper = torch.tensor(moving.shape, dtype=torch.float32).view(ndim, *([1] * ndim)) - 0.5
+    inside = ((coords >= -0.5) & (coords <= upper)).all(0)
+    return coords, inside
+
+
+def check_overlap(moving: io.Volume, fixed: io.Volume, disp: torch.Tensor | None, what: str) -> None:
+    """Refuse a transform (``what``, for the message) that maps no voxel of ``fixed`` inside ``moving``:
+    the result would be an empty image (a matrix for other images, or a field in other units)."""
+    _, inside = moving_coordinates(moving, fixed, disp)
+    if not bool(inside.any()):
+        raise ValueError(f"{what} maps no voxel of the fixed grid inside the moving image (the moved image would "
+                         "be empty): it was made for other images, or is in other units")
+
+
 def warp_across_grids(moving: io.Volume, fixed: io.Volume, disp: torch.Tensor | None, *,
                       mode: str = "linear") -> io.Volume:
     """``moving`` sampled once on ``fixed``'s grid through the affines and a voxel field.
@@ -165,19 +203,7 @@ def warp_across_grids(moving: io.Volume, fixed: io.Volume, disp: torch.Tensor | 
     Returns:
         :class:`morphreg.io.Volume` on ``fixed``'s grid, with its affine and header.
     """
-    from ..geometry import fixed_to_moving_voxels
-
-    ndim = fixed.ndim
-    vox = torch.from_numpy(fixed_to_moving_voxels(moving.affine, fixed.affine, ndim)).float()
-    lin, offset = vox[:ndim, :ndim], vox[:ndim, 3]
-    points = spatial.identity_grid(fixed.shape)
-    if disp is not None:
-        points = points + disp.detach().to("cpu", torch.float32)[0]
-    # moving voxel coordinates (ndim, *spatial): lin @ points + offset, one axis at a time
-    coords = torch.stack([sum(lin[k, j] * points[j] for j in range(ndim)) + offset[k] for k in range(ndim)])
-    del points
-    upper = torch.tensor(moving.shape, dtype=torch.float32).view(ndim, *([1] * ndim)) - 0.5
-    inside = ((coords >= -0.5) & (coords <= upper)).all(0)
+    coords, inside = moving_coordinates(moving, fixed, disp)
     data = moving.data
     integer = data.dtype.kind in "iub"
     values = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float64 if integer and

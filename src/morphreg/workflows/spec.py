@@ -136,7 +136,8 @@ class RegistrationSpec:
         inverse: the registration should give its inverse field too (where it can).
         init_matrix, init_warp: an initial transform file (one pair; see
             :func:`morphreg.workflows.warps.initial_transform`), read as ``init_matrix_format`` /
-            ``init_warp_format`` say.
+            ``init_warp_format`` say (``init_matrix_format`` ``None``: only a file that names its
+            format is read).
         device: ``auto``, ``cpu`` or ``cuda`` (resolved where the job runs).
         progress: per-iteration progress bars of the classical methods on stderr.
     """
@@ -156,7 +157,7 @@ class RegistrationSpec:
     inverse: bool = False
     init_matrix: str | None = None
     init_warp: str | None = None
-    init_matrix_format: str = "ras"
+    init_matrix_format: str | None = "ras"
     init_warp_format: str = "auto"
     device: str = "auto"
     progress: bool = False
