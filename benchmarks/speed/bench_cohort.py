@@ -1,127 +1,349 @@
 """Cohort throughput: `morphreg register --pairs` with 1 and 2 local workers, in pairs per hour.
 
-    nice -n 10 python -m benchmarks.speed.bench_cohort            # writes docs/results/cohort.md
+    python -m benchmarks.speed.bench_cohort                 # writes docs/results/cohort.md
+    python -m benchmarks.speed.bench_cohort --repeat3d 1 --pairs2d 32 --no-kill   # a quick look
 
-Two cohorts, each run as one `morphreg register --pairs` command (Python start-up, the workers'
-start-up and every write included in the wall time):
+Two cohorts, each run as one `morphreg register --pairs` command per row of the table (Python
+start-up, the workers' start-up and every write included in the wall time):
 
 * **3D dense**: the two neurite-OASIS 3D volumes (160 x 192 x 224), both directions, listed
   ``--repeat3d`` times, ``--method dense`` (greedy, fast preset), writing moved image, warp and
-  moved seg35 labels; ``--workers 1`` (one process, 2 torch threads) against ``--workers 2``
-  (two processes, 1 thread each).
-* **2D network**: the built-in ``brain2d`` on ``--pairs2d`` neurite-OASIS 2D slice pairs
-  (160 x 192, subject i to i + 1, exported from ``oasis2d.npz`` to NIfTI), batches of 16,
-  ``--workers 1`` against ``--workers 2``.
+  moved seg35 labels; ``--workers 1`` (this process, the engine's threads) against ``--workers 2``
+  (two Dask worker processes, the engine's threads each).
+* **2D network**: the built-in ``brain2d`` on the first ``--pairs2d`` rows of the OASIS 2D test
+  pairs (``benchmarks/work/oasis2d/test_pairs_seg24.csv``, 160 x 192, seg24), batches of 16,
+  ``--workers 1`` against ``--workers 2``, in the order 1, 2, 2, 1 (interleaved).
+* **A killed worker** (unless ``--no-kill``): the 3D cohort sent with ``--scheduler`` to a
+  ``dask scheduler`` and two ``dask worker`` processes on localhost; one worker is SIGKILLed
+  while it runs a row; the table says what ``cohort.csv`` holds afterwards.
 
-CPU time is the children's user + system time (``getrusage``). The machine is shared: the load
-average at the start of each run is printed next to it.
+What the engine chose (the ``running ...`` line of each command, and the plan without
+``--workers``) is reported beside each row. CPU time is the children's user + system time
+(``getrusage``; the Dask worker processes are children of the command). Peak memory: the largest
+sum of the resident sets of the command's process tree (sampled every 0.1 s with psutil), and the
+largest per-job peak in ``cohort.csv``. The machine is shared: the load average at the start and
+end of each run is printed next to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
+import psutil
 
-from benchmarks.common import RESULTS, WORK, module_command, module_env, oasis2d_npz, oasis3d_dir, write_text
+from benchmarks.common import (
+    BENCH,
+    RESULTS,
+    WORK,
+    cpu_model,
+    md_table,
+    module_command,
+    module_env,
+    oasis3d_dir,
+    write_text,
+)
+
+PAIRS2D = BENCH / "work" / "oasis2d" / "test_pairs_seg24.csv"
+SCRIPT = "benchmarks/speed/bench_cohort.py"
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float, str]:
-    """``(wall s, CPU s, 1-min load at start, last stdout line)`` of one command."""
-    load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, check=True, env=module_env(), capture_output=True, text=True)
+class TreeSampler:
+    """Peak of the summed RSS of a process and its descendants, and their CPU time, sampled in a thread.
+
+    CPU time: the last user + system time seen of every process of the tree (a worker process that
+    exits is counted up to its last sample, at most ``every`` seconds short), so it includes worker
+    processes whose parent does not wait for them (``getrusage(RUSAGE_CHILDREN)`` misses those).
+    """
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid, self.every, self.peak = pid, every, 0
+        self.cpu: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                total = 0
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        with proc.oneshot():
+                            total += proc.memory_info().rss
+                            times = proc.cpu_times()
+                            self.cpu[(proc.pid, proc.create_time())] = times.user + times.system
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.every)
+
+    def stop(self) -> tuple[int, float]:
+        """``(peak bytes, CPU seconds)``."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak, sum(self.cpu.values())
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cohort(cmd: list[str], out: Path, during=None) -> dict[str, object]:
+    """Run one cohort command; its wall, CPU, load, peak memory, plan line and cohort.csv."""
+    load0, cpu0, start = os.getloadavg()[0], _cpu_children(), time.perf_counter()
+    proc = subprocess.Popen(cmd, env=module_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = TreeSampler(proc.pid)
+    extra = during(proc) if during else None
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, load, done.stdout.strip().splitlines()[-1]
+    peak, tree_cpu = sampler.stop()
+    cpu, load1 = _cpu_children() - cpu0, os.getloadavg()[0]
+    lines = stdout.strip().splitlines()
+    table = list(csv.DictReader((out / "cohort.csv").open())) if (out / "cohort.csv").exists() else []
+    job_peak = max((float(r["peak_memory_mb"]) for r in table if r.get("peak_memory_mb")), default=float("nan"))
+    return {"cmd": cmd, "rc": proc.returncode, "wall": wall, "cpu": max(cpu, tree_cpu),
+            "cpu_rusage": cpu, "cpu_sampled": tree_cpu, "load0": load0, "load1": load1,
+            "tree_peak_mb": peak / 1e6, "job_peak_mb": job_peak,
+            "plan": next((line for line in lines if line.startswith("running ")), ""),
+            "summary": lines[-1] if lines else "", "stderr": stderr.strip().splitlines()[-3:],
+            "statuses": [r["status"] for r in table], "workers_seen": sorted({r["worker"] for r in table}),
+            "extra": extra}
 
 
 def pairs_3d(work: Path, repeat: int) -> tuple[Path, int]:
     data = oasis3d_dir()
     subjects = [data / "OASIS_OAS1_0001_MR1", data / "OASIS_OAS1_0002_MR1"]
     rows = []
-    for _ in range(repeat):
-        for moving, fixed in ((subjects[0], subjects[1]), (subjects[1], subjects[0])):
-            rows.append(f"{moving}/aligned_norm.nii.gz,{fixed}/aligned_norm.nii.gz,{moving}/aligned_seg35.nii.gz,"
-                        f"{fixed}/aligned_seg35.nii.gz")
+    for r in range(repeat):
+        for a, b in ((0, 1), (1, 0)):
+            rows.append(f"{subjects[a]}/aligned_norm.nii.gz,{subjects[b]}/aligned_norm.nii.gz,"
+                        f"{subjects[a]}/aligned_seg35.nii.gz,{subjects[b]}/aligned_seg35.nii.gz,"
+                        f"r{r}_{a + 1}to{b + 1}")
     path = work / "pairs3d.csv"
-    path.write_text("moving,fixed,moving_seg,fixed_seg\n" + "\n".join(rows) + "\n")
+    path.write_text("moving,fixed,moving_seg,fixed_seg,name\n" + "\n".join(rows) + "\n")
     return path, len(rows)
 
 
 def pairs_2d(work: Path, n_pairs: int) -> tuple[Path, int]:
-    from morphreg import io
-
-    folder = work / "oasis2d"
-    folder.mkdir(parents=True, exist_ok=True)
-    with np.load(oasis2d_npz()) as data:
-        images, segs = data["slice_norm"][: n_pairs + 1], data["seg24"][: n_pairs + 1]
-    for i, (image, seg) in enumerate(zip(images, segs)):
-        io.save_volume(io.Volume(image.astype(np.float32), np.eye(4)), folder / f"s{i:03d}.nii.gz")
-        io.save_volume(io.Volume(seg.astype(np.uint8), np.eye(4)), folder / f"s{i:03d}_seg.nii.gz")
-    rows = [f"{folder}/s{i:03d}.nii.gz,{folder}/s{i + 1:03d}.nii.gz,{folder}/s{i:03d}_seg.nii.gz,"
-            f"{folder}/s{i + 1:03d}_seg.nii.gz" for i in range(n_pairs)]
+    """The first ``n_pairs`` rows of the OASIS 2D test pairs, with absolute paths."""
+    with PAIRS2D.open() as handle:
+        rows = list(csv.DictReader(handle))[:n_pairs]
+    root = PAIRS2D.resolve().parent
+    lines = [",".join(str(root / r[k]) for k in ("moving", "fixed", "moving_seg", "fixed_seg")) for r in rows]
     path = work / "pairs2d.csv"
-    path.write_text("moving,fixed,moving_seg,fixed_seg\n" + "\n".join(rows) + "\n")
+    path.write_text("moving,fixed,moving_seg,fixed_seg\n" + "\n".join(lines) + "\n")
     return path, len(rows)
+
+
+def auto_plan(csv_path: Path, spec_kwargs: dict[str, str], batch_size: int) -> str:
+    """What the engine would choose without ``--workers`` for this cohort (the plan only; nothing runs)."""
+    from morphreg.workflows.cohort import cohort_jobs, read_cohort_csv
+    from morphreg.workflows.jobs import estimated_memory
+    from morphreg.workflows.runner import Runner, plan_for
+    from morphreg.workflows.spec import RegistrationSpec
+
+    jobs = cohort_jobs(read_cohort_csv(csv_path), WORK / "reports" / "unused", RegistrationSpec(**spec_kwargs))
+    per_task = batch_size if jobs[0].spec.batchable else 1
+    tasks = -(-len(jobs) // per_task)
+    return plan_for(Runner(), tasks, estimated_memory(jobs[0], per_task), batched=jobs[0].spec.batchable).reason
+
+
+def start_dask(work: Path) -> tuple[list[subprocess.Popen], Path]:
+    """``dask scheduler`` and two single-threaded ``dask worker`` processes on localhost."""
+    sched_file = work / "scheduler.json"
+    sched_file.unlink(missing_ok=True)
+    env = module_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2")
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+    for _ in range(300):
+        if sched_file.exists() and sched_file.stat().st_size:
+            break
+        time.sleep(0.1)
+    for _ in range(2):
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(sched_file), "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=module_env(OMP_NUM_THREADS="1"), start_new_session=True))
+    return procs, sched_file
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def killed_worker_run(csv_path: Path, n: int, work: Path) -> dict[str, object]:
+    """The 3D cohort on a localhost Dask scheduler with two workers; one is SIGKILLed mid-row."""
+    from distributed import Client
+
+    procs, sched_file = start_dask(work)
+    out = work / "out3d_killed"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=120)
+            pids = client.run(os.getpid)
+
+            def kill_one(proc: subprocess.Popen) -> dict[str, object]:
+                deadline = time.time() + 900
+                while time.time() < deadline and proc.poll() is None:
+                    busy = [w for w, keys in client.processing().items() if keys]
+                    if len(busy) == 2 and list(out.glob("*_moved_seg.nii.gz")):  # one row done, two running
+                        time.sleep(5)  # well into the next rows
+                        victim = busy[0]
+                        os.kill(pids[victim], signal.SIGKILL)
+                        return {"killed": victim, "at_s": time.time(), "done_before": len(list(
+                            out.glob("*_moved_seg.nii.gz")))}
+                    time.sleep(0.2)
+                return {"killed": None}
+
+            cmd = module_command("morphreg", "register", "--method", "dense", "--pairs", str(csv_path), "--out",
+                                 str(out), "--scheduler", str(sched_file), "--threads", "1", "--no-progress")
+            result = run_cohort(cmd, out, during=kill_one)
+    finally:
+        stop_all(procs)
+    files = sorted(p.name for p in out.iterdir())
+    hidden = [f for f in files if f.startswith(".")]
+    result["outputs"] = sum(f.endswith("_moved.nii.gz") for f in files)
+    result["hidden"] = hidden
+    result["n"] = n
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=WORK / "cohort")
+    parser.add_argument("--work", type=Path, default=WORK / "reports" / "cohort")
     parser.add_argument("--repeat3d", type=int, default=2, help="times the two 3D directions are listed")
-    parser.add_argument("--pairs2d", type=int, default=128, help="2D slice pairs")
+    parser.add_argument("--pairs2d", type=int, default=128, help="2D test pairs (of 128)")
+    parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")
     parser.add_argument("--out", type=Path, default=RESULTS / "cohort.md")
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M")
     csv3d, n3d = pairs_3d(args.work, args.repeat3d)
     csv2d, n2d = pairs_2d(args.work, args.pairs2d)
-    runs = [("3D dense (greedy, fast)", csv3d, n3d, ["--method", "dense"]),
-            ("2D network brain2d, batch 16", csv2d, n2d, ["--model", "brain2d", "--batch-size", "16"])]
-    table = ["| cohort | workers x threads | rows | wall s | CPU s | pairs/hour (wall) | CPU s/pair | load at start |",
-             "|---|---|---|---|---|---|---|---|"]
-    for label, csv_path, n, method in runs:
-        for workers in (1, 2):
-            out = args.work / f"out_{n}_{workers}"
-            shutil.rmtree(out, ignore_errors=True)
-            cmd = module_command("morphreg", "register", *method, "--pairs", str(csv_path), "--out", str(out),
-                                 "--workers", str(workers), "--device", "cpu", "--no-progress")
-            wall, cpu, load, line = timed(cmd)
-            threads = max(1, (len(os.sched_getaffinity(0))) // workers)
-            table.append(f"| {label} | {workers} x {threads} | {n} | {wall:.1f} | {cpu:.1f} | {3600 * n / wall:.0f} | "
-                         f"{cpu / n:.2f} | {load:.1f} |")
-            print(table[-1], "--", line, flush=True)
+    auto3d = auto_plan(csv3d, {"method": "dense"}, 1)
+    auto2d = auto_plan(csv2d, {"model": "brain2d"}, 16)
+    dense = ["--method", "dense"]
+    network = ["--model", "brain2d", "--batch-size", "16"]
+    runs = [("3D dense (greedy, fast)", csv3d, n3d, dense, w) for w in (1, 2)]
+    runs += [("2D network brain2d, batch 16", csv2d, n2d, network, w) for w in (1, 2, 2, 1)]
+    rows, raw = [], []
+    for i, (label, csv_path, n, method, workers) in enumerate(runs):
+        out = args.work / f"out{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = module_command("morphreg", "register", *method, "--pairs", str(csv_path), "--out", str(out),
+                             "--workers", str(workers), "--device", "cpu", "--no-progress")
+        r = run_cohort(cmd, out)
+        r.update(label=label, n=n, workers=workers)
+        raw.append(r)
+        shutil.rmtree(out, ignore_errors=True)
+        print(json.dumps({k: r[k] for k in ("label", "workers", "wall", "cpu", "load0", "tree_peak_mb", "plan",
+                                            "summary", "rc")}), flush=True)
+        if r["rc"] != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed: {r['stderr']}")
+    for r in raw:
+        rows.append([r["label"], f"`--workers {r['workers']}`", r["plan"].removeprefix("running "), r["n"],
+                     f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{3600 * r['n'] / r['wall']:.0f}",
+                     f"{r['cpu'] / r['n']:.2f}", f"{r['tree_peak_mb'] / 1e3:.2f}", f"{r['job_peak_mb'] / 1e3:.2f}",
+                     f"{r['load0']:.1f} / {r['load1']:.1f}"])
+    summary = []
+    for label in dict.fromkeys(r["label"] for r in raw):
+        by = {w: [r for r in raw if r["label"] == label and r["workers"] == w] for w in (1, 2)}
+        rate = {w: sum(r["n"] for r in rs) * 3600 / sum(r["wall"] for r in rs) for w, rs in by.items()}
+        summary.append(f"- {label}: {rate[1]:.0f} pairs/hour with 1 worker, {rate[2]:.0f} with 2 "
+                       f"(x{rate[2] / rate[1]:.2f}); 1000 pairs would take {1000 / rate[1]:.1f} h / "
+                       f"{1000 / rate[2]:.1f} h on this machine.")
+    killed = []
+    if args.kill:
+        k = killed_worker_run(csv3d, n3d, args.work)
+        print(json.dumps({key: k[key] for key in ("wall", "rc", "statuses", "extra", "summary", "outputs", "hidden")},
+                         default=str), flush=True)
+        extra = k["extra"] or {}
+        what = (f"killed {extra['killed']} after {extra['done_before']} row(s) done" if extra.get("killed")
+                else "no worker could be killed: the run ended first")
+        killed = [
+            "## A killed worker (Dask scheduler on localhost)",
+            "",
+            f"The {n3d}-row 3D cohort, `register --method dense --pairs ... --scheduler scheduler.json --threads 1`, "
+            "sent to a `dask scheduler` with two `dask worker --nthreads 1 --no-nanny` processes on this machine. "
+            f"Once a row had finished and both workers were busy, one worker was SIGKILLed "
+            f"({what}).",
+            "",
+            md_table(["wall s", "CPU s (command only)", "exit code", "cohort.csv statuses", "moved images written",
+                      "hidden temporaries left", "load start / end"],
+                     [[f"{k['wall']:.1f}", f"{k['cpu']:.1f}", k["rc"], ", ".join(k["statuses"]),
+                       f"{k['outputs']} of {n3d}", len(k["hidden"]), f"{k['load0']:.1f} / {k['load1']:.1f}"]]),
+            "",
+            f"Its last line: `{k['summary']}`. The killed worker's row was run again on the other worker; "
+            "(its CPU time is not in the CPU column: the `dask worker` processes are not children of the command).",
+            "",
+        ]
     text = [
         "# Cohort registration throughput",
         "",
-        f"Generated by `nice -n 10 python -m benchmarks.speed.bench_cohort --repeat3d {args.repeat3d} --pairs2d "
-        f"{args.pairs2d}` on {platform.node() or 'this machine'} ({len(os.sched_getaffinity(0))} usable cores), "
+        f"Generated by `python -m benchmarks.speed.bench_cohort --repeat3d {args.repeat3d} --pairs2d {args.pairs2d}"
+        f"{'' if args.kill else ' --no-kill'}` (`{SCRIPT}`) on {started}, {platform.node() or 'this machine'}: "
+        f"{cpu_model()}, {len(os.sched_getaffinity(0))} usable cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"Python {platform.python_version()}, CPU device.",
         "",
-        "Each row is one `morphreg register --pairs CSV --out DIR --workers N` command; the wall time includes "
-        "Python and torch start-up, the start of the N worker processes (a Dask `LocalCluster`), and every write "
-        "(moved image, warp, moved labels, `cohort.csv`). 3D: the two neurite-OASIS 3D volumes (160 x 192 x 224), "
-        f"both directions, listed {args.repeat3d} times. 2D: the built-in `brain2d` on {args.pairs2d} neurite-OASIS "
-        "2D slice pairs (160 x 192, subject i to i + 1). CPU s = the children's user + system time.",
+        "Each row is one `morphreg register --pairs CSV --out DIR --workers N --device cpu` command; the wall time "
+        "includes Python and torch start-up, the start of the worker processes (a Dask `LocalCluster` for N > 1), "
+        "and every write (moved image, warp, moved labels, `cohort.csv`). 3D: the two neurite-OASIS 3D volumes "
+        f"(160 x 192 x 224, seg35), both directions, listed {args.repeat3d} times, `--method dense` (fast preset). "
+        f"2D: the built-in `brain2d` on the first {n2d} OASIS 2D test pairs (`benchmarks/work/oasis2d/"
+        "test_pairs_seg24.csv`, 160 x 192), `--batch-size 16`, run in the order 1, 2, 2, 1 workers. "
+        "*Engine's choice*: the `running ...` line the command printed (threads per job chosen by the engine: "
+        "the cores shared among the workers). CPU s: user + system time of the command and its worker processes "
+        "(sampled every 0.1 s with psutil, or `getrusage` of the children when larger). "
+        "Peak GB (tree): the largest sum of the resident sets of the command's processes (sampled every 0.1 s); "
+        "peak GB (job): the largest per-job peak in `cohort.csv` (the resident peak of the process that ran it).",
         "",
-        "**The machine is shared** with other jobs (the 1-minute load average at the start of each run is in the "
-        "last column; on 2 cores a load above 2 means the runs competed for them), so compare rows of one table "
-        "only, and read the numbers as a lower bound for a quiet machine.",
+        "**The machine is shared** with other jobs (a background training run at nice 19 and other sessions' "
+        "tests; the 1-minute load average at the start and end of each run is in the last column; on 2 cores a "
+        "load above 2 means the runs competed for them), so compare rows of one table only, and read the numbers "
+        "as a lower bound for a quiet machine.",
         "",
-        *table,
+        md_table(["cohort", "asked", "engine's choice", "pairs", "wall s", "CPU s", "pairs/hour (wall)", "CPU s/pair",
+                  "peak GB (tree)", "peak GB (job)", "load start / end"], rows),
         "",
+        *summary,
+        "",
+        "Without `--workers` the engine picks by itself (`plan_for`, the same call the command makes; nothing "
+        f"run): 3D dense: {auto3d}; 2D network: {auto2d}. 3D classical jobs (~2 GB each) get min(cores, "
+        "memory / estimate, rows) worker processes; network cohorts and 2D jobs run in this process with every "
+        "core (a network batch uses the cores best from one process, and worker processes take seconds to start, "
+        "more than a 2D job lasts).",
+        "",
+        *killed,
     ]
     write_text(args.out, "\n".join(text))
+    (args.work / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
     print("\n".join(text))
 
 
