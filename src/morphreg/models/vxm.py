@@ -124,7 +124,8 @@ class VxmDense(SavableModel):
 
     def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Raw network output: displacement or velocity ``(B, ndim, *padded)`` on the padded grid."""
-        check_levels(type(self).__name__, self.unet.levels, moving.shape[2:])
+        if hasattr(self.unet, "levels"):  # a VoxelMorph U-Net (TransMorph's Swin network pads by its patches)
+            check_levels(type(self).__name__, self.unet.levels, moving.shape[2:])
         pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
         field = self.flow(self.unet(pair.contiguous(memory_format=self.memory_format)))
         return field.contiguous()
