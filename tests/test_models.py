@@ -225,3 +225,19 @@ def test_checkpoint_config_of_the_wrong_type_names_the_key(tmp_path, key, value,
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=rf"bad.pt' has an invalid VxmDense config: {re.escape(why)}"):
         load_model(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize(("shape", "allowed"), [((12, 10), 4), ((16, 40), 5), ((7, 9, 33), 3)])
+def test_a_network_deeper_than_its_input_allows_is_refused(shape, allowed):
+    """A U-Net of L levels pads every axis to a multiple of 2**L: more levels than the smallest axis
+    allows (2**L > 2 n) is refused by name instead of padding 20 levels to 10^6 voxels per axis."""
+    from morphreg.models.layers import max_levels
+
+    assert max_levels(shape) == allowed
+    fits = VxmDense(len(shape), enc=[4] * allowed, dec=[4] * allowed)
+    x = torch.rand(1, 1, *shape)
+    assert fits(x, x).disp.shape == (1, len(shape), *shape)
+    deep = VxmDense(len(shape), enc=[4] * (allowed + 1), dec=[4] * (allowed + 1))
+    with pytest.raises(ValueError, match=rf"VxmDense: the network has {allowed + 1} levels .* allows at most "
+                                         rf"{allowed} .* at least {2 ** allowed} voxels along every axis"):
+        deep(x, x)

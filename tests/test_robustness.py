@@ -450,3 +450,16 @@ def test_a_huge_label_value_for_the_dice_loss_names_its_file(corpus, tmp_path, c
                  *TINY]) == 1
     line = _one_line(capsys)
     assert re.search(r"the largest label value is 1000000000 \(" + named + r"\), so the Dice loss", line), line
+
+
+def test_too_many_enc_levels_name_enc_and_the_levels_the_input_allows(corpus, tmp_path, capsys):
+    """`--enc` with 20 levels on 2D images of the corpus: one line naming --enc and the number of
+    levels their size allows, before anything is written (was: out of memory after the run started)."""
+    out = tmp_path / "run"
+    twenty = ["4"] * 20
+    assert main(["train", "--data", str(corpus / "img"), "--out", str(out), "--steps", "2", "--no-progress",
+                 "--enc", *twenty, "--dec", *twenty]) == 1
+    allowed = (2 * min(SHAPE)).bit_length() - 1
+    line = _one_line(capsys)
+    assert re.search(rf"--enc has 20 levels, but an input of shape \(\d+, \d+\) allows at most {allowed} ", line), line
+    assert not out.exists()

@@ -207,8 +207,10 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _data_and_split(args: argparse.Namespace, out: Path, is_main: bool) -> Any:
-    """The training data; its split is checked against a resumed run's, and written once."""
+def _data_and_split(args: argparse.Namespace, out: Path, is_main: bool, settings: Any) -> Any:
+    """The training data, checked against ``settings`` (``--enc`` levels, ``--seg-weight`` labels);
+    its split is checked against a resumed run's, and written once."""
+    from ..workflows.train import check_training_data
     from ..workflows.training_data import build_training_data, read_split, split_changes, split_record, write_split
 
     data = build_training_data(
@@ -216,6 +218,7 @@ def _data_and_split(args: argparse.Namespace, out: Path, is_main: bool) -> Any:
         atlas_seg=args.atlas_seg, pairs_csv=args.pairs, val_fraction=args.val_fraction,
         val_pairs=args.val_pairs, seed=args.seed, augment=args.augment, normalise=normalise_arg(args.normalise),
     )
+    check_training_data(settings, data.train, data.n_labels, data.label_source)  # before split.json is written
     record = split_record(data, val_fraction=args.val_fraction, val_pairs=args.val_pairs, augment=args.augment)
     saved = None
     if args.resume:
@@ -254,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             check_resume(out, settings)
         is_main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone writes and reports
-        data = _data_and_split(args, out, is_main)
+        data = _data_and_split(args, out, is_main, settings)
         result = train(settings, data.train, data.val, out, resume=args.resume, progress=not args.no_progress,
                        n_labels=data.n_labels, label_source=data.label_source)
     except ResumeMismatch as err:

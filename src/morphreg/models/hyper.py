@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import pad_to_multiple
+from .layers import check_levels, pad_to_multiple
 from .vxm import RegistrationOutput, VxmDense
 
 #: Width of the conditioning MLP's hidden layers.
@@ -108,6 +108,7 @@ class HyperVxmDense(VxmDense):
         lam = self._weights(weight, moving.shape[0], moving)
         film = self.film(self.condition(lam)).to(moving.dtype)
         scales, shifts = film.split(sum(self.widths), dim=1)
+        check_levels(type(self).__name__, self.unet.levels, moving.shape[2:])
         pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
         x = pair.contiguous(memory_format=self.memory_format)
         view = (moving.shape[0], -1) + (1,) * self.ndim

@@ -125,6 +125,45 @@ class VecInt(nn.Module):
         return spatial.integrate(velocity, self.steps)
 
 
+def max_levels(shape: Sequence[int]) -> int:
+    """The most U-Net levels an input of spatial ``shape`` allows: ``L`` with ``2**L <= 2 * min(shape)``.
+
+    A U-Net of ``L`` levels halves the image ``L`` times and so pads every axis to a multiple of
+    ``2**L``; beyond this bound the smallest axis would more than double, its coarsest levels
+    holding padding only, and the padded input grows as ``2**L`` per axis (20 levels: 10^6 voxels
+    per axis, out of memory).
+    """
+    return (2 * max(min(int(n) for n in shape), 1)).bit_length() - 1
+
+
+def check_levels(owner: str, levels: int, shape: Sequence[int], *, setting: bool = False) -> None:
+    """Refuse a U-Net with more levels (``enc`` entries) than :func:`max_levels` allows for ``shape``.
+
+    Args:
+        owner: who asks (the message starts with it).
+        levels: the U-Net's levels, ``len(enc)``.
+        shape: the input's spatial shape.
+        setting: ``enc`` is a setting still to choose (training: the message asks for fewer
+            `` `enc` `` entries) rather than a trained network's config (the message asks for
+            larger images).
+
+    Raises:
+        ValueError: naming ``enc``, its number of levels and the number the input allows.
+    """
+    allowed = max_levels(shape)
+    if levels <= allowed:
+        return
+    shape = tuple(int(n) for n in shape)
+    why = (f"each level halves the image, and the network pads every axis to a multiple of 2**{levels} = "
+           f"{2 ** levels}")
+    if setting:
+        raise ValueError(f"{owner}: `enc` has {levels} levels, but an input of shape {shape} allows at most "
+                         f"{allowed} ({why}); give at most {allowed} `enc` entries (and `dec` to match)")
+    raise ValueError(f"{owner}: the network has {levels} levels (its config's enc), but an input of shape {shape} "
+                     f"allows at most {allowed} ({why}); it needs images of at least {2 ** (levels - 1)} voxels "
+                     "along every axis")
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[int]]:
     """Zero-pad the spatial dims of ``(B, C, *spatial)`` at the end up to a multiple.
 

@@ -63,8 +63,9 @@ class ProbVxmDense(VxmDense):
 
     def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """``(B, 2 ndim, *padded)``: the velocity mean, then its log-variance, on the padded grid."""
-        from .layers import pad_to_multiple
+        from .layers import check_levels, pad_to_multiple
 
+        check_levels(type(self).__name__, self.unet.levels, moving.shape[2:])
         pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
         features = self.unet(pair.contiguous(memory_format=self.memory_format))
         return torch.cat([self.flow(features), self.log_var(features)], dim=1).contiguous()

@@ -11,7 +11,7 @@ from torch import nn
 from .. import spatial
 from .._checks import check_choice, check_pair, check_positive_int
 from .checkpoint import SavableModel
-from .layers import UNet, channels_last, conv_class, crop_to, pad_to_multiple
+from .layers import UNet, channels_last, check_levels, conv_class, crop_to, pad_to_multiple
 
 #: Arithmetic of the U-Net at inference (:meth:`VxmDense.set_precision`).
 PRECISIONS = ("float32", "bf16")
@@ -124,6 +124,8 @@ class VxmDense(SavableModel):
 
     def predict_field(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Raw network output: displacement or velocity ``(B, ndim, *padded)`` on the padded grid."""
+        if hasattr(self.unet, "levels"):  # a VoxelMorph U-Net (TransMorph's Swin network pads by its patches)
+            check_levels(type(self).__name__, self.unet.levels, moving.shape[2:])
         pair, _ = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
         field = self.flow(self.unet(pair.contiguous(memory_format=self.memory_format)))
         return field.contiguous()

@@ -19,7 +19,7 @@ step, so ``resume`` continues exactly, and under ``torchrun`` each rank takes it
 same global batch (DistributedDataParallel averages the gradients; rank 0 alone writes files).
 """
 
-from .loop import train
+from .loop import check_training_data, train
 from .objective import LossParts, registration_loss, validate
 from .run_log import METRIC_COLUMNS
 from .settings import (
@@ -36,6 +36,7 @@ from .settings import (
 from .state import STATE_FORMAT, build_model
 
 __all__ = [
+    "check_training_data",
     "HYPER_SPAN", "METRIC_COLUMNS", "MODEL_TYPES", "RESUMABLE_CHANGES", "RUN_FILES", "STATE_FORMAT",
     "LossParts", "ResumeMismatch", "TrainResult", "TrainSettings", "build_model", "check_resume", "registration_loss",
     "settings_changes", "train", "validate",

@@ -18,6 +18,7 @@ from ... import losses
 from ..._files import RunDir, atomic_write_text
 from ...data import PairDataset
 from ...models import SavableModel
+from ...models.layers import check_levels
 from .. import distributed as dist_utils
 from ..device import resolve_device
 from .objective import LossParts, check_one_hot_budget, registration_loss, validate
@@ -64,11 +65,23 @@ def _prepare_process(settings: TrainSettings, run_dir: Path) -> tuple[torch.devi
     return device, info
 
 
-def _data_facts(settings: TrainSettings, train_set: PairDataset, n_labels: int | None,
-                label_source: str | None = None) -> tuple[int, int]:
-    """``(ndim, n_labels)`` of the training data; the Dice loss's labels are checked against the budget."""
+#: ``settings.model`` values whose network is a U-Net of ``len(settings.enc)`` levels.
+_UNET_MODELS = ("vxm", "cascade", "probabilistic")
+
+
+def check_training_data(settings: TrainSettings, train_set: PairDataset, n_labels: int | None = None,
+                        label_source: str | None = None) -> tuple[int, int]:
+    """``(ndim, n_labels)`` of the training data, checked against the settings before anything is
+    written: the U-Net's levels (``enc``) against the image size, and the Dice loss's labels
+    against the memory budget (``label_source`` names the map holding the largest label).
+
+    Raises:
+        ValueError: naming `` `enc` `` or `` `seg_weight` `` and what the data allow.
+    """
     sample = train_set[0]
     ndim = sample["moving"].dim() - 1
+    if settings.model in _UNET_MODELS:
+        check_levels("train", len(settings.enc), tuple(sample["moving"].shape[1:]), setting=True)
     if settings.seg_weight > 0:
         if train_set.segs is None:
             raise ValueError("train: seg_weight > 0 needs label maps for the training images (`segs`)")
@@ -254,9 +267,9 @@ def train(
             :attr:`~morphreg.workflows.training_data.TrainingData.label_source`.
     """
     run = RunDir(run_dir)
+    ndim, n_labels = check_training_data(settings, train_set, n_labels, label_source)  # before the run folder
     device, info = _prepare_process(settings, run.root)
     logger = setup_logger(run.root, info.is_main)
-    ndim, n_labels = _data_facts(settings, train_set, n_labels, label_source)
     torch.manual_seed(settings.seed)
     model = build_model(settings, ndim).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
