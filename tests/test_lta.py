@@ -252,5 +252,5 @@ def test_lta_round_trip_on_different_grids(tmp_path):
 def test_lta_not_an_lta_is_one_line(tmp_path):
     fixed, moving = _volumes()
     (tmp_path / "bad.lta").write_text("type = 1\nnonsense\n")
-    with pytest.raises(ValueError, match="cannot read .*bad.lta.* as a lta matrix"):
+    with pytest.raises(ValueError, match="cannot read .*bad.lta.* as a FreeSurfer LTA: it is not a FreeSurfer LTA file"):
         load_matrix(tmp_path / "bad.lta", "lta", fixed, moving)

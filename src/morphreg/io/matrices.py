@@ -144,7 +144,7 @@ def _read_lta(path: Path, fixed: Volume, moving: Volume) -> np.ndarray:
 
     try:
         lta = FSLinearTransformArray.from_filename(str(path))
-    except AssertionError:  # nitransforms' parser checks each line's key with assert
+    except (AssertionError, ValueError):  # nitransforms' parser asserts each line's key and unpacks "key = value"
         raise ValueError("it is not a FreeSurfer LTA file (unexpected line layout)") from None
     if len(lta["xforms"]) != 1:
         raise ValueError(f"it holds {len(lta['xforms'])} transforms; expected one")
