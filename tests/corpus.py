@@ -741,6 +741,9 @@ THIRD_ROUND_COHORT = [
      r"--moved: cannot write '.*readonly/m.nii.gz': folder '.*readonly' is not writable"),
     ("template: read-only --out", lambda d: [*_template(d)[:4], str(d / "r3/readonly/T"), *_template(d)[5:]],
      r"--out: cannot write in '.*readonly/T': folder '.*readonly' is not writable"),
+    ("evaluate: read-only --out", lambda d: [*_eval(d, "pairs_floatseg.csv")[:6], str(d / "r3/readonly/ev"),
+                                             "--no-progress"],
+     r"--out: cannot write in '.*readonly/ev': folder '.*readonly' is not writable"),
 ]
 BAD_INPUTS += THIRD_ROUND_COHORT
 
@@ -806,7 +809,7 @@ THIRD_ROUND_MODELS = [
 BAD_INPUTS += THIRD_ROUND_MODELS
 
 #: Cases that need a folder that refuses new files (skipped where none can be made).
-NEEDS_READ_ONLY = {"segment: read-only --out", "cohort: read-only --out", "register: --moved in a read-only folder", "template: read-only --out"}
+NEEDS_READ_ONLY = {"segment: read-only --out", "evaluate: read-only --out", "cohort: read-only --out", "register: --moved in a read-only folder", "template: read-only --out"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def _pair(moving: ImageLike, fixed: ImageLike, moving_seg: ImageLike | None, fix
         if vol is not None:
             from .data import as_label_map
 
-            vol.data = as_label_map(vol.data, f"argument '{name}'")
+            vol.data = as_label_map(vol.data, f"{_FN}: argument '{name}'")
     return PairOnGrid(arrays["moving"], arrays["fixed"], arrays["moving_seg"], arrays["fixed_seg"])
 
 
