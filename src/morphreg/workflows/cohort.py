@@ -117,17 +117,17 @@ def _check_name(path: Path, number: int, name: str) -> None:
     if longest > NAME_MAX:
         shown = name if len(name) <= 40 else name[:40] + "..."
         raise ValueError(f"pairs file '{path}' line {number + 1}: name {shown!r} ({len(name)} characters) makes "
-                         f"output names longer than the {NAME_MAX} bytes a file name may have; give a shorter "
-                         "name column")
+                         f"output names longer than the {NAME_MAX} bytes a file name may have; give the rows "
+                         "shorter names (a name column)")
 
 
 def _check_some_row_runs(path: Path, rows: list[CohortRow]) -> None:
     """Refuse a CSV none of whose rows can run (stops at the first row that can)."""
     for row in rows:
-        if all(key in row.paths and os.path.isfile(row.paths[key]) for key in ("moving", "fixed")):
-            return
+        if all(key in row.paths and os.path.exists(row.paths[key]) for key in ("moving", "fixed")):
+            return  # (a folder may be a DICOM series)
     first = rows[0]
-    key = next((k for k in ("moving", "fixed") if k not in first.paths or not os.path.isfile(first.paths[k])),
+    key = next((k for k in ("moving", "fixed") if k not in first.paths or not os.path.exists(first.paths[k])),
                "moving")
     problem = "is empty" if key not in first.paths else f"'{first.paths[key]}' does not exist"
     raise ValueError(f"pairs file '{path}': none of its {len(rows)} row(s) names an existing moving and fixed "
