@@ -540,8 +540,59 @@ def build_third_round(d: Path, images: np.ndarray, labels: np.ndarray) -> None:
     coronal[:3, :3] = [[1.5, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]
     nii(r3 / "coronal_fixed.nii.gz", images[1], coronal)
     nii(r3 / "coronal_moving.nii.gz", images[0], coronal)
+    build_third_round_cohort(d)
+    seg = r3 / "seg"
+    for name, files in {"two": ("a.nii.gz", "b.nii.gz"), "clash": ("a.nii.gz", "a.nii"),
+                        "selfseg": ("x.nii.gz", "x_seg.nii.gz")}.items():
+        (seg / name).mkdir(parents=True)
+        for i, file in enumerate(files):
+            nii(seg / name / file, images[4 + i])
+    (seg / "atlasout").mkdir()
+    nii(seg / "atlasout" / "a_seg.nii.gz", labels[0].astype(np.uint8))
+    nii(r3 / "vol_seg.nii.gz", (rng.random((10, 10, 10)) * 3).astype(np.uint8))
     (r3 / "readonly").mkdir()
     make_read_only(r3 / "readonly")
+
+
+BIG = 100_000  # rows of the large cohort CSVs
+
+
+def build_third_round_cohort(d: Path) -> None:
+    """CSVs and folders for ``register --pairs`` (each CSV in ``r3/coh``, next to two images)."""
+    from morphreg.cli import build_parser
+    from morphreg.cli.register import spec_from_args
+    from morphreg.workflows.cohort import SETTINGS, cohort_settings
+    from morphreg.workflows.outputs import OutputFormats
+    from morphreg.workflows.run_folder import write_settings
+
+    coh = d / "r3" / "coh"
+    coh.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(d / "img" / f"s{'ab'.index(name)}.nii.gz", coh / f"{name}.nii.gz")
+    (coh / "header_only.csv").write_text("moving,fixed\n")
+    (coh / "no_fixed.csv").write_text("moving,name\na.nii.gz,x\n")
+    (coh / "one_name.csv").write_text("moving,fixed,name\na.nii.gz,b.nii.gz,x\nb.nii.gz,a.nii.gz,x\n")
+    (coh / "long_name.csv").write_text(f"moving,fixed,name\na.nii.gz,b.nii.gz,{'n' * 250}\n")
+    (coh / "output_is_input.csv").write_text(f"moving,fixed,name\na.nii.gz,b.nii.gz,x\n"
+                                              f"{d}/out/c/x_moved.nii.gz,a.nii.gz,y\n")
+    (coh / "elsewhere.csv").write_text("moving,fixed\n" + "".join(f"s{i}.nii.gz,s{i + 1}.nii.gz\n" for i in range(3)))
+    rows = "".join(f"a.nii.gz,b.nii.gz,r{i}\n" for i in range(BIG))
+    (coh / "big_one_name.csv").write_text("moving,fixed,name\n" + rows + "a.nii.gz,b.nii.gz,r7\n")
+    (coh / "big_missing.csv").write_text("moving,fixed\n" + "".join(f"m{i}.nii.gz,b.nii.gz\n" for i in range(BIG)))
+    (coh / "good.csv").write_text("moving,fixed\na.nii.gz,b.nii.gz\n")
+    # a run of --method affine interrupted (killed) after its start: settings, all rows pending, a writer's temporary
+    out = coh / "interrupted"
+    args = build_parser().parse_args(["register", "--method", "affine", "--pairs", str(coh / "good.csv"),
+                                      "--out", str(out)])
+    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras")
+    write_settings(out, SETTINGS, cohort_settings(spec_from_args(args, "affine"), formats, matrix=True))
+    (out / "cohort.csv").write_text("row,name,status,message,seconds,dice,peak_memory_mb,worker\n"
+                                    "1,0001_a_to_b,pending,not finished when the run stopped,,,,\n")
+    (out / ".0001_a_to_b_moved.1a2b3c4d.tmp.nii.gz").write_bytes(b"half")
+    damaged = coh / "damaged"
+    damaged.mkdir()
+    (damaged / SETTINGS).write_text('{"registration": {"method": "aff')
+    (damaged / "cohort.csv").write_text("row,name,status\n")
 
 
 def _dense(d: Path, *extra: str, moving: str = "img/s0.nii.gz", fixed: str = "img/s1.nii.gz") -> list[str]:
@@ -627,5 +678,245 @@ THIRD_ROUND_TRANSFORMS = [
 ]
 BAD_INPUTS += THIRD_ROUND_TRANSFORMS
 
+
+
+def _cohort(d: Path, csv_name: str, *extra: str, out: str = "out/c", method: str = "affine") -> list[str]:
+    return ["register", "--method", method, "--pairs", str(d / "r3/coh" / csv_name), "--out", str(d / out),
+            "--no-progress", *extra]
+
+
+# Issue 18: `register --pairs` (the cohort engine): CSVs, names, schedulers, folders, interrupted runs.
+THIRD_ROUND_COHORT = [
+    ("cohort: CSV with a header only", lambda d: _cohort(d, "header_only.csv"),
+     r"--pairs: pairs file '.*header_only.csv' has no rows$"),
+    ("cohort: empty CSV", lambda d: [*_cohort(d, "x")[:4], str(d / "pairs_empty.csv"), *_cohort(d, "x")[5:]],
+     r"--pairs: pairs file '.*pairs_empty.csv' is empty$"),
+    ("cohort: no fixed column", lambda d: _cohort(d, "no_fixed.csv"),
+     r"'.*no_fixed.csv' needs a header with columns moving,fixed.*found \['moving', 'name'\]$"),
+    ("cohort: two rows, one name", lambda d: _cohort(d, "one_name.csv"),
+     r"'.*one_name.csv' lines 2 and 3 both name their outputs 'x'; each row needs its own name$"),
+    ("cohort: a row's output is another row's input", lambda d: _cohort(d, "output_is_input.csv"),
+     r"row 1's output '.*out/c/x_moved.nii.gz' is the moving input of row 2; writing it would destroy the input"),
+    ("cohort: a name beyond 255 bytes", lambda d: _cohort(d, "long_name.csv"),
+     r"'.*long_name.csv' line 2: name 'n{40}\.\.\.' \(250 characters\) makes output names longer than the 255 "
+     r"bytes"),
+    ("cohort: paths relative to another folder", lambda d: _cohort(d, "elsewhere.csv"),
+     r"'.*elsewhere.csv': none of its 3 row\(s\) names an existing moving and fixed image \(line 2: moving "
+     r"'.*s0.nii.gz' does not exist\); paths are relative to the CSV's folder$"),
+    (f"cohort: {BIG} rows, the last repeats a name", lambda d: _cohort(d, "big_one_name.csv"),
+     rf"'.*big_one_name.csv' lines 9 and {BIG + 2} both name their outputs 'r7'"),
+    (f"cohort: {BIG} rows, none of whose files exist", lambda d: _cohort(d, "big_missing.csv"),
+     rf"'.*big_missing.csv': none of its {BIG} row\(s\) names an existing moving and fixed image"),
+    ("cohort: UTF-16 CSV", lambda d: [*_cohort(d, "x")[:4], str(d / "pairs_utf16.csv"), *_cohort(d, "x")[5:]],
+     r"--pairs: pairs file '.*pairs_utf16.csv' is not UTF-8 text \(it looks like UTF-16\)"),
+    ("cohort: an image as --pairs", lambda d: [*_cohort(d, "x")[:4], str(d / "img/s0.nii.gz"), *_cohort(d, "x")[5:]],
+     r"--pairs: pairs file '.*s0.nii.gz' is not UTF-8 text: byte 1 cannot be decoded"),
+    ("cohort: a folder as --pairs", lambda d: [*_cohort(d, "x")[:4], str(d / "img"), *_cohort(d, "x")[5:]],
+     r"--pairs: pairs file '.*img' is not a regular file$"),
+    ("cohort: scheduler address without a port", lambda d: _cohort(d, "good.csv", "--scheduler", "not-a-host"),
+     r"--scheduler 'not-a-host' is not a Dask scheduler address \(missing port number"),
+    ("cohort: scheduler over http", lambda d: _cohort(d, "good.csv", "--scheduler", "http://127.0.0.1:8786"),
+     r"--scheduler 'http://127.0.0.1:8786' is not a Dask scheduler address \(the http:// transport"),
+    ("cohort: no scheduler listening", lambda d: _cohort(d, "good.csv", "--scheduler", "tcp://127.0.0.1:9",
+                                                         "--scheduler-timeout", "0.5"),
+     r"--scheduler 'tcp://127.0.0.1:9': cannot connect to a Dask scheduler within 0.5 s"),
+    ("cohort: missing scheduler file", lambda d: _cohort(d, "good.csv", "--scheduler", str(d / "r3/sched.json")),
+     r"--scheduler '.*sched.json': no such scheduler file"),
+    ("cohort: --out holding other files", lambda d: _cohort(d, "good.csv", out="evalout"),
+     r"--out '.*evalout' already holds files \(pairs.csv\); pass --resume to continue that run, or give a new"),
+    ("cohort: --resume of a foreign folder", lambda d: _cohort(d, "good.csv", "--resume", out="evalout"),
+     r"--out '.*evalout' holds files but no cohort.json of a cohort run \(register --pairs\); cannot resume it$"),
+    ("cohort: --resume with another --method", lambda d: _cohort(d, "good.csv", "--resume",
+                                                                 out="r3/coh/interrupted", method="rigid"),
+     r"cannot resume the run in --out '.*interrupted': its settings differ from this one's \(registration.method "
+     r"'affine' -> 'rigid'\); give the same"),
+    ("cohort: --resume with another --warp-format", lambda d: _cohort(d, "good.csv", "--resume", "--warp-format",
+                                                                      "itk", out="r3/coh/interrupted"),
+     r"its settings differ from this one's \(outputs.warp_format 'morphreg' -> 'itk'\)"),
+    ("cohort: --resume, damaged cohort.json", lambda d: _cohort(d, "good.csv", "--resume", out="r3/coh/damaged"),
+     r"cannot resume the run in --out '.*damaged': its cohort.json is damaged \("),
+    ("cohort: read-only --out", lambda d: _cohort(d, "good.csv", out="r3/readonly"),
+     r"--out: cannot write in '.*readonly': folder '.*readonly' is not writable \(.+\)$"),
+    ("register: --moved in a read-only folder", lambda d: [*register_argv(d)[:-1], str(d / "r3/readonly/m.nii.gz")],
+     r"--moved: cannot write '.*readonly/m.nii.gz': folder '.*readonly' is not writable"),
+    ("template: read-only --out", lambda d: [*_template(d)[:4], str(d / "r3/readonly/T"), *_template(d)[5:]],
+     r"--out: cannot write in '.*readonly/T': folder '.*readonly' is not writable"),
+    ("evaluate: read-only --out", lambda d: [*_eval(d, "pairs_floatseg.csv")[:6], str(d / "r3/readonly/ev"),
+                                             "--no-progress"],
+     r"--out: cannot write in '.*readonly/ev': folder '.*readonly' is not writable"),
+]
+BAD_INPUTS += THIRD_ROUND_COHORT
+
+
+
+def _segment(d: Path, atlas: str = "img/s0.nii.gz", atlas_seg: str = "seg/s0.nii.gz", *extra: str,
+             images: str = "r3/seg/two", out: str = "out/seg") -> list[str]:
+    return ["segment", "--images", str(d / images), "--out", str(d / out), "--atlas", str(d / atlas),
+            "--atlas-seg", str(d / atlas_seg), "--no-progress", *(extra or ("--method", "affine"))]
+
+
+# Issue 18: `morphreg segment`: what every image shares (the atlases, the network) fails once, before any image;
+# outputs that collide or overwrite an input.
+THIRD_ROUND_SEGMENT = [
+    ("segment: atlas labels on another grid", lambda d: _segment(d, atlas_seg="tpl_segshape/a.nii.gz"),
+     r"--atlas-seg '.*tpl_segshape/a.nii.gz' \(shape \(30, 40\)\) is not on the grid of its image"),
+    ("segment: missing atlas labels", lambda d: _segment(d, atlas_seg="seg/none.nii.gz"),
+     r"cannot read '.*seg/none.nii.gz': file does not exist$"),
+    ("segment: float atlas labels", lambda d: _segment(d, atlas_seg="float_seg.nii.gz"),
+     r"--atlas-seg '.*float_seg.nii.gz' must be an integer label map .*non-integer values such as 0.25"),
+    ("segment: an image as atlas labels", lambda d: _segment(d, atlas_seg="img/s1.nii.gz"),
+     r"--atlas-seg '.*img/s1.nii.gz' must be an integer label map"),
+    ("segment: constant atlas", lambda d: _segment(d, "constant.nii.gz"),
+     r"--atlas '.*constant.nii.gz' is a constant image \(every voxel 0.3\)"),
+    ("segment: 3D atlas, 2D images", lambda d: _segment(d, "r3/vol_a.nii.gz", "r3/vol_seg.nii.gz"),
+     r"--atlas '.*vol_a.nii.gz' is 3D but the --images are 2D$"),
+    ("segment: NaN atlas", lambda d: _segment(d, atlas="nan.nii.gz"), r"cannot use '.*nan.nii.gz': data contain \d+ NaN"),
+    ("segment: 3D network for 2D atlases", lambda d: _segment(d, "img/s0.nii.gz", "seg/s0.nii.gz", "--model",
+                                                               str(d / "model3d.pt")),
+     r"--model is a 3D network but the images are 2D$"),
+    ("segment: two images, one label map name", lambda d: _segment(d, images="r3/seg/clash"),
+     r"--images '.*clash/a.nii(.gz)?' and '.*clash/a.nii(.gz)?' both give the label map 'a_seg.nii.gz'"),
+    ("segment: a label map over an input image", lambda d: _segment(d, images="r3/seg/selfseg", out="r3/seg/selfseg"),
+     r"the label map '.*selfseg/x_seg.nii.gz' would overwrite the input '.*selfseg/x_seg.nii.gz'; give --out another"),
+    ("segment: a label map over the atlas labels", lambda d: _segment(d, "img/s0.nii.gz", "r3/seg/atlasout/a_seg.nii.gz",
+                                                                      out="r3/seg/atlasout"),
+     r"the label map '.*atlasout/a_seg.nii.gz' would overwrite the input '.*atlasout/a_seg.nii.gz'"),
+    ("segment: two atlases, one label map", lambda d: [*_segment(d), "--atlas", str(d / "img/s1.nii.gz")],
+     r"give one --atlas-seg per --atlas \(got 2 --atlas and 1 --atlas-seg\)$"),
+    ("segment: read-only --out", lambda d: _segment(d, out="r3/readonly/seg"),
+     r"--out: cannot write in '.*readonly/seg': folder '.*readonly' is not writable"),
+]
+BAD_INPUTS += THIRD_ROUND_SEGMENT
+
+
+def _models(name: str) -> list[str]:
+    return ["models", name]
+
+
+# Issue 18: `morphreg models NAME` with odd names: one line that shows the name safely and lists the real ones.
+THIRD_ROUND_MODELS = [
+    ("models: unknown name", lambda d: _models("brain3d"), r"'brain3d' is not a built-in model \(built-in: brain2d, "),
+    ("models: path traversal", lambda d: _models("../brain2d"), r"'../brain2d' is not a built-in model \(built-in: "),
+    ("models: empty name", lambda d: _models(""), r"'' is not a built-in model"),
+    ("models: 100000-character name", lambda d: _models("x" * 100_000),
+     r"^morphreg models: error: 'x{100}\.\.\.' \(100000 characters\) is not a built-in model \(built-in: .{0,200}$"),
+    ("models: unicode name", lambda d: _models("мозг2d"), r"'мозг2d' is not a built-in model"),
+    ("models: a name with a newline", lambda d: _models("brain2d\nrm -rf"),
+     r"'brain2d\\nrm -rf' is not a built-in model \(built-in: "),
+    ("models: a checkpoint path", lambda d: _models(str(d / "run")),
+     r"'.*/run' is a file or folder, not a built-in model name \(built-in: "),
+]
+BAD_INPUTS += THIRD_ROUND_MODELS
+
 #: Cases that need a folder that refuses new files (skipped where none can be made).
-NEEDS_READ_ONLY: set[str] = set()
+NEEDS_READ_ONLY = {"segment: read-only --out", "evaluate: read-only --out", "cohort: read-only --out", "register: --moved in a read-only folder", "template: read-only --out"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18: `morphreg.register` (the Python API) with arrays of any dtype or shape. A bad argument raises one
+# exception of the expected type whose one-line message names the argument; odd but valid arrays (views,
+# strides, tensors, other dtypes) give exactly the result of the plain float32 arrays.
+
+
+def _image(d: Path, i: int) -> np.ndarray:
+    return np.asarray(nib.load(d / "img" / f"s{i}.nii.gz").dataobj, dtype=np.float32)
+
+
+def _api(d: Path, **kwargs: object) -> dict[str, object]:
+    """``morphreg.register`` keyword arguments: the corpus' two images and tiny network, then ``kwargs``."""
+    return {"moving": _image(d, 0), "fixed": _image(d, 1), "model": str(d / "run"), **kwargs}
+
+
+def _with_nan(d: Path) -> np.ndarray:
+    image = _image(d, 0)
+    image[3, 4] = np.nan
+    return image
+
+
+# (name, kwargs builder, exception type, pattern of its message)
+API_BAD_INPUTS = [
+    ("complex image", lambda d: _api(d, moving=_image(d, 0).astype(np.complex64)), TypeError,
+     r"^morphreg.register: argument 'moving' must hold real numbers .*got dtype complex64$"),
+    ("object array", lambda d: _api(d, fixed=_image(d, 1).astype(object)), TypeError,
+     r"argument 'fixed' must hold real numbers .*got dtype object$"),
+    ("array of strings", lambda d: _api(d, moving=np.full(SHAPE, "a")), TypeError,
+     r"argument 'moving' must hold real numbers .*got dtype <U1$"),
+    ("nested list", lambda d: _api(d, moving=_image(d, 0).tolist()), TypeError,
+     r"argument 'moving' must be a file path, a numpy array or a torch tensor, got list$"),
+    ("ragged list", lambda d: _api(d, moving=[[1.0, 2.0], [1.0]]), TypeError,
+     r"argument 'moving' must be a file path, a numpy array or a torch tensor, got list$"),
+    ("dict", lambda d: _api(d, fixed={"data": _image(d, 1)}), TypeError,
+     r"argument 'fixed' must be a file path, a numpy array or a torch tensor, got dict$"),
+    ("None as moving", lambda d: _api(d, moving=None), TypeError, r"argument 'moving' is required"),
+    ("masked array", lambda d: _api(d, moving=np.ma.masked_greater(_image(d, 0), 0.5)), TypeError,
+     r"argument 'moving' is a masked array.*fill them first"),
+    ("0-d array", lambda d: _api(d, moving=np.float32(1.0)), ValueError,
+     r"argument 'moving' must be a 2D or 3D array, got shape \(\)$"),
+    ("1-D array", lambda d: _api(d, moving=_image(d, 0).ravel()), ValueError,
+     r"argument 'moving' must be a 2D or 3D array, got shape \(1280,\)$"),
+    ("4-D array", lambda d: _api(d, fixed=_image(d, 1)[None, None]), ValueError,
+     r"argument 'fixed' must be a 2D or 3D array, got shape \(1, 1, 32, 40\)$"),
+    ("empty array", lambda d: _api(d, moving=np.zeros((0, 40), np.float32), fixed=np.zeros((0, 40), np.float32)),
+     ValueError, r"argument 'moving' must not be empty, got shape \(0, 40\)$"),
+    ("shapes differ", lambda d: _api(d, moving=_image(d, 0)[:30]), ValueError,
+     r"the arrays must have one shape, got \{'moving': \(30, 40\), 'fixed': \(32, 40\)\}$"),
+    ("NaN", lambda d: _api(d, moving=_with_nan(d)), ValueError,
+     r"argument 'moving' holds 1 NaN and 0 infinite value\(s\)"),
+    ("inf", lambda d: _api(d, fixed=np.where(_image(d, 1) > 0.5, np.inf, _image(d, 1))), ValueError,
+     r"argument 'fixed' holds 0 NaN and \d+ infinite value\(s\)"),
+    ("float64 beyond float32", lambda d: _api(d, moving=_image(d, 0).astype(np.float64) * 1e300), ValueError,
+     r"argument 'moving' reaches 1e\+300, beyond the float32 range"),
+    ("constant image", lambda d: _api(d, fixed=np.full(SHAPE, 0.3, np.float32)), ValueError,
+     r"argument 'fixed' is a constant image \(every voxel 0.3\)"),
+    ("3D arrays for a 2D network", lambda d: _api(d, moving=np.random.default_rng(0).random((8, 8, 8)),
+                                                  fixed=np.random.default_rng(1).random((8, 8, 8))), ValueError,
+     r"the model is 2D but the images are 3D$"),
+    ("a path and an array", lambda d: _api(d, moving=str(d / "img/s0.nii.gz")), ValueError,
+     r"give all inputs as arrays or all as paths \(moving is a path, the others arrays\)$"),
+    ("float label map", lambda d: _api(d, moving_seg=np.full(SHAPE, 1.5)), ValueError,
+     r"argument 'moving_seg' must be an integer label map .*non-integer values such as 1.5"),
+    ("complex label map", lambda d: _api(d, fixed_seg=np.ones(SHAPE, np.complex64)), TypeError,
+     r"argument 'fixed_seg' must hold real numbers .*complex64$"),
+    ("label map of another shape", lambda d: _api(d, moving_seg=np.ones((30, 40), np.uint8)), ValueError,
+     r"the arrays must have one shape, got .*'moving_seg': \(30, 40\)"),
+    ("model of a wrong type", lambda d: _api(d, model=3), TypeError,
+     r"argument 'model' must be a built-in name, a run folder or checkpoint path, or a loaded morphreg network, "
+     r"got int$"),
+    ("unknown method", lambda d: _api(d, model=None, method="demons"), ValueError,
+     r"argument 'method' must be one of affine, rigid, dense, ffd \(or None for a network\), got 'demons'$"),
+    ("unknown device", lambda d: _api(d, device="tpu"), ValueError,
+     r"argument 'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'$"),
+    ("missing file", lambda d: _api(d, moving=str(d / "img/none.nii.gz"), fixed=str(d / "img/s1.nii.gz")),
+     ValueError, r"cannot read '.*none.nii.gz': file does not exist$"),
+]
+
+
+def _strided(d: Path) -> np.ndarray:
+    big = np.zeros((64, 80), np.float32)
+    big[::2, ::2] = _image(d, 0)
+    return big[::2, ::2]
+
+
+# (name, kwargs builder, reference kwargs builder): both must give the same moved image and field
+API_ODD_INPUTS = [
+    ("negative strides", lambda d: _api(d, moving=_image(d, 0)[::-1, ::-1]),
+     lambda d: _api(d, moving=np.ascontiguousarray(_image(d, 0)[::-1, ::-1]))),
+    ("a strided view", lambda d: _api(d, moving=_strided(d)), lambda d: _api(d)),
+    ("Fortran order", lambda d: _api(d, moving=np.asfortranarray(_image(d, 0))), lambda d: _api(d)),
+    ("torch tensors", lambda d: _api(d, moving=torch.from_numpy(_image(d, 0)), fixed=torch.from_numpy(_image(d, 1))),
+     lambda d: _api(d)),
+    ("a tensor that requires grad", lambda d: _api(d, moving=torch.from_numpy(_image(d, 0)).requires_grad_()),
+     lambda d: _api(d)),
+    ("float64", lambda d: _api(d, moving=_image(d, 0).astype(np.float64)), lambda d: _api(d)),
+    ("float16", lambda d: _api(d, moving=_image(d, 0).astype(np.float16)),
+     lambda d: _api(d, moving=_image(d, 0).astype(np.float16).astype(np.float32))),
+    ("boolean image", lambda d: _api(d, moving=_image(d, 0) > 0.5),
+     lambda d: _api(d, moving=(_image(d, 0) > 0.5).astype(np.float32))),
+    ("int64 near 2**62", lambda d: _api(d, moving=(_image(d, 0) * 2**62).astype(np.int64)),
+     lambda d: _api(d, moving=(_image(d, 0) * 2**62).astype(np.int64).astype(np.float64))),
+    ("uint16 image", lambda d: _api(d, moving=(_image(d, 0) * 60000).astype(np.uint16)),
+     lambda d: _api(d, moving=(_image(d, 0) * 60000).astype(np.uint16).astype(np.float32))),
+    ("boolean label maps", lambda d: _api(d, moving_seg=_image(d, 0) > 0.5, fixed_seg=_image(d, 1) > 0.5),
+     lambda d: _api(d, moving_seg=(_image(d, 0) > 0.5).astype(np.uint8),
+                    fixed_seg=(_image(d, 1) > 0.5).astype(np.uint8))),
+]

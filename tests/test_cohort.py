@@ -89,3 +89,38 @@ def test_cohort_refuses_every_single_pair_flag_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and "one pair" in err[0], (flag, err)
         assert not out.exists()
+
+
+def test_a_killed_cohort_leaves_its_settings_and_pending_rows_and_resumes_only_with_them(tmp_path, monkeypatch):
+    """What a SIGKILL leaves: written before the first row runs, cohort.json and cohort.csv (every row pending)."""
+    import csv
+
+    import pytest
+
+    from morphreg.workflows import cohort, runner
+    from morphreg.workflows.spec import RegistrationSpec
+
+    _setup(tmp_path)
+    out = tmp_path / "out"
+    rows = cohort.read_cohort_csv(tmp_path / "pairs.csv")
+    jobs = cohort.cohort_jobs(rows, out, RegistrationSpec(method="affine"))
+    seen = {}
+
+    def killed(self, *args, **kwargs):  # the state a SIGKILL at the first row would leave behind
+        seen["settings"] = (out / cohort.SETTINGS).is_file()
+        with open(out / "cohort.csv", newline="") as handle:
+            seen["statuses"] = [r["status"] for r in csv.DictReader(handle)]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Engine, "run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cohort.register_cohort(jobs, out, runner.Runner(workers=1, progress=False), say=lambda line: None)
+    assert seen == {"settings": True, "statuses": ["pending"] * 5}
+    settings = cohort.cohort_settings(RegistrationSpec(method="affine"), jobs[0].formats, False)
+    cohort.check_cohort_folder(out, settings, resume=True)  # the same run: accepted
+    with pytest.raises(ValueError, match=r"already holds files \(cohort.csv, cohort.json\); pass `resume`"):
+        cohort.check_cohort_folder(out, settings, resume=False)
+    other = cohort.cohort_settings(RegistrationSpec(method="rigid"), jobs[0].formats, False)
+    with pytest.raises(ValueError, match=r"its settings differ from this one's \(registration.method 'affine' -> "
+                                         r"'rigid'\)"):
+        cohort.check_cohort_folder(out, other, resume=True)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from corpus import (
+    API_BAD_INPUTS,
+    API_ODD_INPUTS,
     BAD_INPUTS,
     NEEDS_READ_ONLY,
     SHAPE,
@@ -59,6 +61,36 @@ def test_bad_input_is_refused_with_one_line(name, build, pattern, corpus, capsys
     assert re.search(pattern, err[0]), err[0]
     assert _snapshot(corpus) == before  # nothing written or changed, not even half a file or an empty folder
     assert not Path("/tmp/morphreg_pwned").exists()
+
+
+@pytest.mark.parametrize(("name", "build", "error", "pattern"), API_BAD_INPUTS, ids=[b[0] for b in API_BAD_INPUTS])
+def test_api_bad_input_raises_one_clear_error(name, build, error, pattern, corpus):
+    import warnings
+
+    import morphreg
+
+    kwargs = build(corpus)
+    before = _snapshot(corpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on the way either (a ComplexWarning is a silently wrong result)
+        with pytest.raises(Exception) as info:
+            morphreg.register(**kwargs)
+    message = str(info.value)
+    assert isinstance(info.value, error), (type(info.value), message)
+    assert "\n" not in message and re.search(pattern, message), message
+    assert _snapshot(corpus) == before
+
+
+@pytest.mark.parametrize(("name", "build", "reference"), API_ODD_INPUTS, ids=[b[0] for b in API_ODD_INPUTS])
+def test_api_odd_but_valid_arrays_give_the_plain_result(name, build, reference, corpus):
+    import morphreg
+
+    got, want = morphreg.register(**build(corpus)), morphreg.register(**reference(corpus))
+    np.testing.assert_allclose(got.moved, want.moved, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want.moved).max())))
+    np.testing.assert_allclose(got.disp, want.disp, atol=1e-5)
+    assert (got.moved_seg is None) == (want.moved_seg is None)
+    if got.moved_seg is not None:
+        np.testing.assert_array_equal(got.moved_seg, want.moved_seg)
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,7 @@ def test_resume_keeps_finished_iterations(tmp_path):
     np.testing.assert_allclose(again.template.data, first.template.data, atol=1e-6)
     with pytest.raises(ValueError, match=r"`out` '.*' already holds files .*pass `resume`"):
         build_template(images, None, out, FAST, iterations=1)
-    with pytest.raises(ValueError, match=r"cannot resume .*its segs differ"):
+    with pytest.raises(ValueError, match=r"cannot resume .*its settings differ from this one.s \(segs\)"):
         build_template(images, segs, out, FAST, iterations=1, resume=True)
 
 

@@ -1,10 +1,11 @@
-"""Regenerate the bad-input table: every input of the bad-input corpus through the CLI, with its message.
+"""Regenerate the bad-input table: every input of the bad-input corpus through the CLI and the Python API.
 
     python -m benchmarks.robustness.bad_input_table [--write]
 
 Builds the corpus of ``tests/corpus.py`` (the one ``tests/test_robustness.py`` checks) in a temporary
-folder, runs each bad input through ``morphreg.cli.main`` and records the exit code and the one line printed on stderr;
-``--write`` writes ``docs/results/bad_inputs.md``.
+folder, runs each bad input through ``morphreg.cli.main`` and records the exit code and the one line printed on
+stderr, then each bad argument of ``morphreg.register`` (the exception and its message) and each odd but valid
+one (how far its result is from that of the plain float32 arrays); ``--write`` writes ``docs/results/bad_inputs.md``.
 """
 
 from __future__ import annotations
@@ -13,40 +14,113 @@ import argparse
 import contextlib
 import io
 import tempfile
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import write_result
 from morphreg.cli import main as cli_main
-from tests.corpus import BAD_INPUTS, SECOND_ROUND, build_corpus
+from tests.corpus import (
+    API_BAD_INPUTS,
+    API_ODD_INPUTS,
+    BAD_INPUTS,
+    NEEDS_READ_ONLY,
+    SECOND_ROUND,
+    THIRD_ROUND_COHORT,
+    THIRD_ROUND_MODELS,
+    THIRD_ROUND_SEGMENT,
+    THIRD_ROUND_TEMPLATE,
+    THIRD_ROUND_TRANSFORMS,
+    build_corpus,
+    read_only_works,
+    release_corpus,
+)
+
+#: The later rounds, in the order they were added to BAD_INPUTS (the first round is what precedes them).
+SECTIONS = [
+    ("Second round (inputs added by the second hardening pass)", SECOND_ROUND),
+    ("Third round: `morphreg template`", THIRD_ROUND_TEMPLATE),
+    ("Third round: initial transforms, ITK/LTA/FSL files, `--warp-format itk`", THIRD_ROUND_TRANSFORMS),
+    ("Third round: `register --pairs` (cohorts), read-only outputs", THIRD_ROUND_COHORT),
+    ("Third round: `morphreg segment`", THIRD_ROUND_SEGMENT),
+    ("Third round: `morphreg models NAME`", THIRD_ROUND_MODELS),
+]
+HEADER = ["| input | exit code | the one line printed |", "|---|---|---|"]
+
+
+def _cell(text: str, folder: Path) -> str:
+    return text.strip().replace(str(folder) + "/", "").replace(str(folder), ".").replace("|", "\\|")
+
+
+def _cli_rows(folder: Path, cases: list) -> list[str]:
+    rows = []
+    read_only = read_only_works(folder)
+    for name, build, _ in cases:
+        if name in NEEDS_READ_ONLY and not read_only:
+            rows.append(f"| {name} | - | (skipped: no folder here refuses new files to this user) |")
+            continue
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = cli_main(build(folder))
+        rows.append(f"| {name} | {code} | `{_cell(err.getvalue(), folder)}` |")
+    return rows
+
+
+def _api_rows(folder: Path) -> tuple[list[str], list[str]]:
+    import morphreg
+
+    refused = ["| argument | exception | its message |", "|---|---|---|"]
+    for name, build, _, _ in API_BAD_INPUTS:
+        kwargs = build(folder)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                morphreg.register(**kwargs)
+            line = f"| {name} | (none) | the call succeeded |"
+        except Exception as err:  # noqa: BLE001 - the table records what was raised
+            line = f"| {name} | {type(err).__name__} | `{_cell(str(err), folder)}` |"
+        refused.append(line)
+    accepted = ["| argument | largest difference of the moved image (share of its largest value) | of the field "
+                "(voxels) |", "|---|---|---|"]
+    for name, build, reference in API_ODD_INPUTS:
+        with contextlib.redirect_stderr(io.StringIO()):
+            got, want = morphreg.register(**build(folder)), morphreg.register(**reference(folder))
+        moved = float(np.abs(got.moved - want.moved).max() / max(1.0, float(np.abs(want.moved).max())))
+        disp = float(np.abs(got.disp - want.disp).max())
+        accepted.append(f"| {name} | {moved:.2g} | {disp:.2g} |")
+    return refused, accepted
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rows = []
+    later = {id(case) for _, cases in SECTIONS for case in cases}
+    first = [case for case in BAD_INPUTS if id(case) not in later]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            build_corpus(folder)
-        (folder / "out").mkdir(exist_ok=True)
-        for name, build, _ in BAD_INPUTS:
-            err = io.StringIO()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-                code = cli_main(build(folder))
-            message = err.getvalue().strip().replace(str(folder) + "/", "").replace("|", "\\|")
-            rows.append((name, code, message))
-    lines = ["# Bad inputs through the command line", "",
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                build_corpus(folder)
+            (folder / "out").mkdir(exist_ok=True)
+            sections = [("", _cli_rows(folder, first))]
+            sections += [(title, _cli_rows(folder, cases)) for title, cases in SECTIONS]
+            refused, accepted = _api_rows(folder)
+        finally:
+            release_corpus(folder)
+    lines = ["# Bad inputs through the command line and the Python API", "",
              "Generated by `python -m benchmarks.robustness.bad_input_table --write` from the corpus of "
              "`tests/corpus.py` (paths shown relative to the corpus folder). The test suite checks "
-             "each row: exit code 1, this one line, and no file written or changed.", "",
-             "| input | exit code | the one line printed |", "|---|---|---|"]
-    first_round = len(BAD_INPUTS) - len(SECOND_ROUND)
-    for i, (name, code, message) in enumerate(rows):
-        if i == first_round:
-            lines += ["", "## Second round (inputs added by the second hardening pass)", "",
-                      "| input | exit code | the one line printed |", "|---|---|---|"]
-        lines.append(f"| {name} | {code} | `{message}` |")
+             "each command-line row: exit code 1, this one line, and no file written or changed; and each "
+             "`morphreg.register` row: this exception type, this one-line message, no warning, no file written."]
+    for title, rows in sections:
+        lines += ["", f"## {title}", ""] if title else [""]
+        lines += HEADER + rows
+    lines += ["", "## Third round: `morphreg.register` with arrays of any type, dtype or shape", "",
+              "Refused, with one exception naming the argument:", "", *refused, "",
+              "Accepted, with the result of the plain C-contiguous float32 arrays (tensors, views, other dtypes):",
+              "", *accepted]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

@@ -12,6 +12,7 @@ the fixed grid through the affines) as ``morphreg register`` does.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from . import io, metrics
 from .models.checkpoint import SavableModel, load_model
 
-ImageLike = str | os.PathLike[str] | np.ndarray
+ImageLike = str | os.PathLike[str] | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -47,13 +48,70 @@ class Registration:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+_FN = "morphreg.register"
+
+
 def _volume(value: ImageLike | None, name: str) -> io.Volume | None:
+    """An array argument as a checked :class:`~morphreg.io.Volume` (``None`` for a path or ``None``).
+
+    Accepted: numpy arrays and torch tensors (any layout or strides; copied to a contiguous
+    array), 2D or 3D, of integer, boolean or real floating dtype, finite and within float32.
+    Everything else raises ``TypeError`` (the kind of value) or ``ValueError`` (its content)
+    naming the argument.
+    """
     if value is None or isinstance(value, (str, os.PathLike)):
         return None
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        value = (tensor.float() if tensor.dtype in (torch.bfloat16,) else tensor).numpy()
+    elif isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{_FN}: argument '{name}' is a masked array, whose masked values would be registered as "
+                        "they are; fill them first (array.filled(value))")
+    elif not isinstance(value, (np.ndarray, np.generic)):
+        raise TypeError(f"{_FN}: argument '{name}' must be a file path, a numpy array or a torch tensor, got "
+                        f"{type(value).__name__}")
     array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{_FN}: argument '{name}' must hold real numbers (integer, boolean or floating point), got "
+                        f"dtype {array.dtype}")
     if array.ndim not in (2, 3):
-        raise ValueError(f"morphreg.register: argument '{name}' must be a 2D or 3D array, got shape {array.shape}")
-    return io.Volume(array, np.eye(4))
+        raise ValueError(f"{_FN}: argument '{name}' must be a 2D or 3D array, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{_FN}: argument '{name}' must not be empty, got shape {array.shape}")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            n_nan = int(np.isnan(array).sum())
+            raise ValueError(f"{_FN}: argument '{name}' holds {n_nan} NaN and {int(array.size - finite.sum()) - n_nan} "
+                             "infinite value(s); replace them (e.g. numpy.nan_to_num) before registration")
+        biggest = float(np.abs(array).max())
+        if biggest > float(np.finfo(np.float32).max):
+            raise ValueError(f"{_FN}: argument '{name}' reaches {biggest:.3g}, beyond the float32 range morphreg "
+                             "computes in; rescale it")
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return io.Volume(np.ascontiguousarray(array), np.eye(4))
+
+
+def _check_image(volume: io.Volume, name: str) -> None:
+    if float(volume.data.max()) == float(volume.data.min()):
+        raise ValueError(f"{_FN}: argument '{name}' is a constant image (every voxel {float(volume.data.min()):g}); "
+                         "there is nothing to register")
+
+
+def _check_options(model: Any, method: str | None, device: Any) -> None:
+    """The arguments that are not images, checked before any file is read."""
+    from .workflows.pipeline import CLASSICAL_METHODS
+
+    if model is not None and not isinstance(model, (str, os.PathLike, SavableModel)):
+        raise TypeError(f"{_FN}: argument 'model' must be a built-in name, a run folder or checkpoint path, or a "
+                        f"loaded morphreg network, got {type(model).__name__}")
+    if method is not None and method not in CLASSICAL_METHODS:
+        raise ValueError(f"{_FN}: argument 'method' must be one of {', '.join(CLASSICAL_METHODS)} (or None for a "
+                         f"network), got {method!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"{_FN}: argument 'device' must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
 
 
 def resolve_model(model: str | os.PathLike[str] | SavableModel, map_location: Any = "cpu") -> SavableModel:
@@ -80,11 +138,22 @@ def _pair(moving: ImageLike, fixed: ImageLike, moving_seg: ImageLike | None, fix
     arrays = {name: _volume(value, name) for name, value in
               (("moving", moving), ("fixed", fixed), ("moving_seg", moving_seg), ("fixed_seg", fixed_seg))}
     if all(v is None for v in arrays.values()):
+        for name, value in (("moving", moving), ("fixed", fixed)):
+            if value is None:
+                raise TypeError(f"{_FN}: argument '{name}' is required (a file path, a numpy array or a torch "
+                                "tensor)")
         return load_pair(moving, fixed, moving_seg, fixed_seg,
                          names={"moving": "moving", "fixed": "fixed", "moving_seg": "moving_seg",
                                 "fixed_seg": "fixed_seg"})
-    if not all(isinstance(v, np.ndarray) or v is None for v in (moving, fixed, moving_seg, fixed_seg)):
-        raise ValueError("morphreg.register: give all inputs as arrays or all as paths")
+    paths = [name for name, value in (("moving", moving), ("fixed", fixed), ("moving_seg", moving_seg),
+                                      ("fixed_seg", fixed_seg)) if isinstance(value, (str, os.PathLike))]
+    if paths:
+        raise ValueError(f"morphreg.register: give all inputs as arrays or all as paths ({', '.join(paths)} "
+                         f"{'is a path' if len(paths) == 1 else 'are paths'}, the others arrays)")
+    for name in ("moving", "fixed"):
+        if arrays[name] is None:
+            raise TypeError(f"{_FN}: argument '{name}' is required (a file path, a numpy array or a torch tensor)")
+        _check_image(arrays[name], name)
     shapes = {name: v.shape for name, v in arrays.items() if v is not None}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"morphreg.register: the arrays must have one shape, got {shapes}")
@@ -93,7 +162,7 @@ def _pair(moving: ImageLike, fixed: ImageLike, moving_seg: ImageLike | None, fix
         if vol is not None:
             from .data import as_label_map
 
-            vol.data = as_label_map(vol.data, f"argument '{name}'")
+            vol.data = as_label_map(vol.data, f"{_FN}: argument '{name}'")
     return PairOnGrid(arrays["moving"], arrays["fixed"], arrays["moving_seg"], arrays["fixed_seg"])
 
 
@@ -159,7 +228,10 @@ def register(
     """Register ``moving`` to ``fixed``: with a network in one forward pass, or with a classical method.
 
     Args:
-        moving, fixed: file paths (NIfTI, MGZ, NPZ, ...) or arrays ``(*spatial)`` of one shape.
+        moving, fixed: file paths (NIfTI, MGZ, NPZ, ...), or numpy arrays / torch tensors
+            ``(*spatial)`` (2D or 3D) of one shape: integer, boolean or real floating point,
+            finite, not constant. Anything else raises ``TypeError`` or ``ValueError`` naming
+            the argument.
         model: a built-in model name (``morphreg.zoo.names()``), a run folder, a checkpoint, or
             a loaded network (default ``"brain2d"`` when no ``method`` is given).
         method: instead of a network, ``"dense"`` (greedy diffeomorphic local NCC, 2D or 3D, no
@@ -186,6 +258,7 @@ def register(
     """
     from .workflows.files import dice_before, register_pair
 
+    _check_options(model, method, device)
     if method is not None and model is not None:
         raise ValueError("morphreg.register: give either 'model' (a network) or 'method' (a classical method), "
                          "not both")

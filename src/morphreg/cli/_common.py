@@ -122,6 +122,15 @@ _FLAG_OF = {"weight": "--lambda", "key": "--npz-key", "pairs_csv": "--pairs", "r
             "data": "--data", "atlas": "--atlas"}
 
 
+def shown(text: str, limit: int = 100) -> str:
+    """A user's text quoted for a one-line message: control characters escaped (a newline cannot split
+    the line), and a text longer than ``limit`` cut, with its length."""
+    if len(text) <= limit:
+        return repr(text)
+    head = repr(text[:limit])
+    return f"{head[:-1]}...{head[-1]} ({len(text)} characters)"
+
+
 def flag_of(parameter: str) -> str:
     """The flag of a library parameter: ``moving_seg`` -> ``--moving-seg``, ``weight`` -> ``--lambda``."""
     return _FLAG_OF.get(parameter, "--" + parameter.replace("_", "-"))

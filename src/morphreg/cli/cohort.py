@@ -41,7 +41,7 @@ def _method(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``morphreg register --pairs``: exit 1 when any row failed (all rows are still attempted)."""
-    from ..workflows.cohort import cohort_jobs, read_cohort_csv, register_cohort
+    from ..workflows.cohort import check_cohort_folder, cohort_jobs, cohort_settings, read_cohort_csv, register_cohort
     from ..workflows.outputs import OutputFormats
     from .register import _check_method_flags, spec_from_args
 
@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     runner = runner_from_args(args, "register", progress=not args.no_progress)
     out = Path(args.out)
     check_folder_output("--out", out)
+    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras", label_table(args.labels))
+    matrix = method in ("affine", "rigid") or bool(args.affine or args.affine_model)
+    spec = spec_from_args(args, method)
+    check_cohort_folder(out, cohort_settings(spec, formats, matrix), args.resume)  # before reading 10^5 rows
     try:
         rows = read_cohort_csv(args.pairs)
     except ValueError as err:
@@ -58,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
         normalise_arg(args.normalise, load_network(args.model, "cpu"))
         if args.affine_model:
             load_network(args.affine_model, "cpu", "--affine-model")
-    formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras", label_table(args.labels))
-    matrix = method in ("affine", "rigid") or bool(args.affine or args.affine_model)
-    jobs = cohort_jobs(rows, out, spec_from_args(args, method), formats, matrix=matrix)
+    jobs = cohort_jobs(rows, out, spec, formats, matrix=matrix)
     summary = register_cohort(jobs, out, runner, batch_size=args.batch_size, resume=args.resume,
                               report=lambda line: note("register", line))
     rate = (summary.done / summary.seconds) * 3600 if summary.seconds > 0 else float("nan")

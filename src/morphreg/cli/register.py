@@ -57,7 +57,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
                         "_warp.nii.gz, _moved_seg.nii.gz, _matrix.txt (affine); statuses in --out/cohort.csv")
     p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="cohort: pairs per network pass")
-    p.add_argument("--resume", action="store_true", help="cohort: skip rows whose moved image exists in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="cohort: continue the run in --out (same method and output settings, checked against its "
+                        "cohort.json), skipping rows whose outputs exist; without it --out must be new or empty")
     p.add_argument("--no-progress", action="store_true", help="cohort: no progress bar")
     add_runner_args(p)
 

@@ -13,6 +13,7 @@ from ._common import (
     check_folder_output,
     device_or_error,
     load_network,
+    non_negative_float,
     normalise_arg,
     note,
     runner_from_args,
@@ -31,7 +32,8 @@ def add_parser(command: Any) -> None:
     p.add_argument("--method", choices=["affine", "rigid", "dense", "ffd"], default=None,
                    help="registration without a network (when --model is not given)")
     p.add_argument("--loss", choices=["mse", "ncc", "mi"], default=None, help="similarity for --method")
-    p.add_argument("--lambda", dest="weight", type=float, default=None, help="smoothness weight for --method")
+    p.add_argument("--lambda", dest="weight", type=non_negative_float, default=None,
+                   help="smoothness weight for --method")
     p.add_argument("--normalise", choices=["minmax", "percentile", "none"], default=None,
                    help="intensity normalisation (default: the network's, else percentile)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the registration runs")
@@ -51,11 +53,21 @@ def _images(folder: Path) -> list[Path]:
     return images
 
 
+def _ndim(image: Path) -> int | None:
+    """The first image's dimensionality (``None`` if it cannot be read: its own job reports that)."""
+    from .. import io
+
+    try:
+        return io.load_volume(image).ndim
+    except (ValueError, OSError):
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     """``morphreg segment``: exit 1 when any image failed (the others are still labelled)."""
     from .. import io
     from ..workflows.runner import run_jobs
-    from ..workflows.segment import SegmentJob
+    from ..workflows.segment import SegmentJob, check_atlases, check_outputs
     from ..workflows.spec import RegistrationSpec
 
     if len(args.atlas) != len(args.atlas_seg):
@@ -73,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     spec = RegistrationSpec(method=args.method or "network", model=args.model, loss=args.loss, weight=args.weight,
                             normalise=args.normalise, device=args.device)
     atlases = tuple((str(a), str(s)) for a, s in zip(args.atlas, args.atlas_seg))
-    jobs = [SegmentJob(i, image.name, str(image), atlases, spec, str(out / f"{io.split_ext(image)[0]}_seg.nii.gz"))
-            for i, image in enumerate(images, 1)]
+    outputs = [out / f"{io.split_ext(image)[0] or image.name}_seg.nii.gz" for image in images]
+    check_outputs(images, outputs, atlases)
+    check_atlases(atlases, spec, _ndim(images[0]), device)  # shared by every image: checked once, now
+    jobs = [SegmentJob(i, image.name, str(image), atlases, spec, str(output))
+            for i, (image, output) in enumerate(zip(images, outputs), 1)]
     statuses = run_jobs(jobs, runner, report=lambda line: note("segment", line))
     failed = sum(1 for s in statuses if s.status == "error")
     print(f"{len(images) - failed} label maps in {out} ({len(atlases)} atlas(es)); {failed} failed")

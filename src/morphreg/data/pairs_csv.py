@@ -32,35 +32,55 @@ def read_pairs_csv(path: PathLike) -> list[dict[str, Path]]:
     """
     fn = "morphreg.data.read_pairs_csv"
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{fn}: pairs file '{path}' does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        hint = " (it looks like UTF-16)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise ValueError(
-            f"{fn}: pairs file '{path}' is not UTF-8 text{hint}: byte {err.start} cannot be decoded; save it as UTF-8"
-        ) from None
-    if not text.strip():
-        raise ValueError(f"{fn}: pairs file '{path}' is empty")
-    if "\0" in text:
-        line = text[: text.index("\0")].count("\n") + 1
-        raise ValueError(f"{fn}: pairs file '{path}' line {line} holds a NUL byte; it is not a text CSV")
+    text = read_csv_text(path, fn)
     try:
         return _pairs_rows(fn, path, text)
     except csv.Error as err:
         raise ValueError(f"{fn}: pairs file '{path}' is not a readable CSV: {err}") from None
 
 
+def read_csv_text(path: PathLike, fn: str = "") -> str:
+    """The text of a CSV of file paths, refused with one line when it cannot be one.
+
+    Args:
+        path: the CSV.
+        fn: the caller, named first in messages (none when empty).
+
+    Raises:
+        ValueError: missing or empty file, not UTF-8 (UTF-16 is named), a NUL byte, or a line
+            longer than any row of paths (the line is named).
+    """
+    path = Path(path)
+    where = f"{fn}: " if fn else ""
+    if not path.is_file():
+        raise ValueError(f"{where}pairs file '{path}' does not exist" if not path.exists() else
+                         f"{where}pairs file '{path}' is not a regular file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        hint = " (it looks like UTF-16)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(
+            f"{where}pairs file '{path}' is not UTF-8 text{hint}: byte {err.start} cannot be decoded; save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ValueError(f"{where}cannot read pairs file '{path}': {err.strerror or err}") from None
+    if not text.strip():
+        raise ValueError(f"{where}pairs file '{path}' is empty")
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise ValueError(f"{where}pairs file '{path}' line {line} holds a NUL byte; it is not a text CSV")
+    longest = max(text.splitlines(), key=len)
+    if len(longest) > _MAX_CSV_CELL:
+        number = text.splitlines().index(longest) + 1
+        raise ValueError(
+            f"{where}pairs file '{path}' line {number} is {len(longest)} characters long, more than the "
+            f"{_MAX_CSV_CELL} a row of file paths may have"
+        )
+    return text
+
+
 def _pairs_rows(fn: str, path: Path, text: str) -> list[dict[str, Path]]:
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        if len(line) > _MAX_CSV_CELL:
-            raise ValueError(
-                f"{fn}: pairs file '{path}' line {number} is {len(line)} characters long, more than the "
-                f"{_MAX_CSV_CELL} a row of file paths may have"
-            )
-    reader = csv.DictReader(lines)
+    reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in ("moving", "fixed") if c not in header]
     if missing:

@@ -35,7 +35,7 @@ def split_ext(path: PathLike) -> tuple[str, str]:
     ``split_ext("a/sub01.nii.gz") == ("sub01", ".nii.gz")``; the extension is ``""`` when it
     is not one of :data:`SUPPORTED_EXTENSIONS`.
     """
-    name = Path(path).name
+    name = os.path.basename(os.fspath(path).rstrip("/"))  # Path(path).name, without building a Path
     lower = name.lower()
     for ext in SUPPORTED_EXTENSIONS:
         if lower.endswith(ext) and len(name) > len(ext):

@@ -42,6 +42,8 @@ from .jobs import JobStatus, estimated_memory, first_line, run_batch
 SCHEDULER_ENV = "MORPHREG_SCHEDULER"
 #: Most local worker processes (beyond this, use a scheduler on several machines).
 MAX_LOCAL_WORKERS = 1024
+#: Failed rows reported one line each; the rest are only counted (a CSV of 10^5 bad rows is not 10^5 lines).
+MAX_REPORTED_FAILURES = 20
 #: Tasks estimated below this many bytes (2D images) run in this process unless workers are asked for.
 AUTO_MIN_TASK_BYTES = 10**9
 
@@ -230,7 +232,11 @@ class Engine:
                 failed += 1
                 bar.set_postfix(failed=failed, refresh=False)
                 bar.clear()
-                self.report(f"row {status.row} ({status.name}): {status.message}; skipped")
+                if failed <= MAX_REPORTED_FAILURES:
+                    self.report(f"row {status.row} ({status.name}): {status.message}; skipped")
+                if failed == MAX_REPORTED_FAILURES:
+                    self.report(f"{MAX_REPORTED_FAILURES} rows failed; further failures are not printed (the status "
+                                "table lists every row)")
             bar.update(1)
             if on_status:
                 on_status(status)
@@ -307,12 +313,29 @@ def _connect(address: str, timeout: float) -> Any:
                              "writes it)")
     else:
         kwargs["address"] = address
+    if "address" in kwargs:
+        _check_address(source, address)
     try:
         return Client(**kwargs)
-    except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a malformed address, ...
+    except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, a transport that cannot start, ...
         raise ValueError(f"{source} '{address}': cannot connect to a Dask scheduler within {timeout:g} s "
                          f"({first_line(err)[:200]}); start one with `dask scheduler`, or leave it out to run "
                          "on this machine") from None
+
+
+def _check_address(source: str, address: str) -> None:
+    """Refuse an address Dask cannot parse (no port, an unknown scheme), before trying to connect."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls", "ws", "wss"):
+            raise ValueError(f"the {scheme}:// transport does not reach a scheduler in another process here")
+        parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source} '{address}' is not a Dask scheduler address ({first_line(err)[:160]}); give "
+                         "tcp://HOST:PORT or the JSON file of `dask scheduler --scheduler-file`") from None
 
 
 def _local_cluster(runner: Runner, plan: Plan) -> Any:

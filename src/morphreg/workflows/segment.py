@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import io
-from .files import load_pair, register_pair
+from .files import _check_not_constant, _load_seg, load_image, load_pair, register_pair
 from .jobs import JobStatus, first_line, job_status
 from .spec import RegistrationSpec
 
@@ -59,6 +60,51 @@ def propagate_labels(
         votes.append(result.moved_seg.data)
         fixed = pair.fixed
     return io.Volume(majority_vote(votes), fixed.affine, fixed.header)
+
+
+def check_atlases(atlases: Sequence[tuple[str | Path, str | Path]], spec: RegistrationSpec,
+                  image_ndim: int | None = None, device: torch.device | None = None) -> None:
+    """Check what every image's job shares, once and before any job: each atlas and its label map
+    (readable, not constant, an integer label map on the atlas' grid), one dimensionality, and
+    the network's (``image_ndim``: the images', when known).
+
+    Raises:
+        ValueError: naming `` `atlas` ``/`` `atlas_seg` ``/`` `model` `` and the file.
+    """
+    ndims = {}
+    for atlas, atlas_seg in atlases:
+        volume = load_image(atlas)
+        _check_not_constant("`atlas`", atlas, volume)
+        _load_seg("`atlas_seg`", atlas_seg, None, volume)
+        ndims[str(atlas)] = volume.ndim
+    if len(set(ndims.values())) > 1:
+        raise ValueError(f"the `atlas` images mix 2D and 3D ({', '.join(f'{a}: {n}D' for a, n in ndims.items())})")
+    ndim = next(iter(ndims.values()))
+    if image_ndim is not None and ndim != image_ndim:
+        raise ValueError(f"`atlas` '{next(iter(ndims))}' is {ndim}D but the `images` are {image_ndim}D")
+    if spec.method == "network":
+        spec.network(ndim, device if device is not None else torch.device("cpu"))
+
+
+def check_outputs(images: Sequence[Path], outputs: Sequence[Path],
+                  atlases: Sequence[tuple[str | Path, str | Path]]) -> None:
+    """Refuse two images that give one label map, and a label map written over an input.
+
+    Raises:
+        ValueError: naming both images, or the output and the input it would destroy.
+    """
+    seen: dict[str, Path] = {}
+    for image, output in zip(images, outputs):
+        if output.name in seen:
+            raise ValueError(f"`images` '{seen[output.name]}' and '{image}' both give the label map '{output.name}' "
+                             "(the name without extension); rename one")
+        seen[output.name] = image
+    inputs = [*images, *(Path(p) for pair in atlases for p in pair)]
+    for output in outputs:
+        for source in inputs:
+            if io.same_path(output, source):
+                raise ValueError(f"the label map '{output}' would overwrite the input '{source}'; give `out` another "
+                                 "folder")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from ..data.preprocess import apply_range, intensity_range
 from ..inverse import invert_disp
 from .jobs import JobStatus, PairJob
 from .outputs import OutputPaths
+from .run_folder import as_json, check_run_folder
 from .spec import RegistrationSpec
 
 PathLike = str | Path
@@ -325,30 +326,12 @@ def _settings(subjects: Sequence[Subject], spec: RegistrationSpec, unbiased: boo
     settings = {"images": [str(s.image.resolve()) for s in subjects],
                 "segs": [str(s.seg.resolve()) if s.seg else None for s in subjects],
                 "registration": spec_dict, "unbiased": unbiased}
-    return json.loads(json.dumps(settings))  # as read back from settings.json (tuples become lists)
+    return as_json(settings)  # as read back from settings.json (tuples become lists)
 
 
 def _check_out(paths: TemplateDir, settings: dict[str, Any], resume: bool) -> None:
     """A new build needs an empty (or new) folder; a resumed one the same settings."""
-    root = paths.root
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"`out` '{root}' is a file, not a folder")
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
-    if not resume:
-        if entries:
-            raise ValueError(f"`out` '{root}' already holds files ({', '.join(sorted(p.name for p in entries)[:3])}"
-                             f"{', ...' if len(entries) > 3 else ''}); pass `resume` to continue that build, or "
-                             "give a new or empty folder")
-        return
-    if not paths.settings.exists():
-        if entries:
-            raise ValueError(f"`out` '{root}' holds files but no settings.json of a template build; cannot resume it")
-        return
-    previous = json.loads(paths.settings.read_text(encoding="utf-8"))
-    changed = [key for key in settings if previous.get(key) != settings[key]]
-    if changed:
-        raise ValueError(f"cannot resume the build in `out` '{root}': its {', '.join(changed)} differ from this "
-                         "one's; give the same inputs and settings, or a new folder")
+    check_run_folder(paths.root, paths.settings.name, settings, resume, what="a template build", noun="build")
 
 
 def _write_log(paths: TemplateDir, log: Sequence[IterationLog]) -> None:

@@ -131,11 +131,11 @@ def initial_transform(pair: PairOnGrid, *, moving_path: PathLike, init_matrix: P
             ``matrix_format``, and ``None`` refuses the file as ambiguous).
         init_warp: a warp file on the fixed grid, read as it states (morphreg's or ITK/ANTs);
             ``warp_format`` ``"itk"`` reads a field that states nothing as ITK/ANTs.
+        key: array name when the moving image is an ``.npz``.
 
     Raises:
         ValueError: an unreadable or ambiguous file, a singular or non-affine matrix, a field
             on another grid, or a transform that maps no fixed voxel inside the moving image.
-        key: array name when the moving image is an ``.npz``.
     """
     if (init_matrix is None) == (init_warp is None):
         raise ValueError("give one of `init_matrix` or `init_warp`")
