@@ -123,7 +123,7 @@ def run_cohort(cmd: list[str], out: Path, during=None) -> dict[str, object]:
             "plan": next((line for line in lines if line.startswith("running ")), ""),
             "summary": lines[-1] if lines else "", "stderr": stderr.strip().splitlines()[-3:],
             "statuses": [r["status"] for r in table], "workers_seen": sorted({r["worker"] for r in table}),
-            "extra": extra}
+            "table": table, "extra": extra}
 
 
 def pairs_3d(work: Path, repeat: int) -> tuple[Path, int]:
@@ -234,16 +234,8 @@ def killed_worker_run(csv_path: Path, n: int, work: Path) -> dict[str, object]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=WORK / "reports" / "cohort")
-    parser.add_argument("--repeat3d", type=int, default=2, help="times the two 3D directions are listed")
-    parser.add_argument("--pairs2d", type=int, default=128, help="2D test pairs (of 128)")
-    parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")
-    parser.add_argument("--out", type=Path, default=RESULTS / "cohort.md")
-    args = parser.parse_args()
-    args.work = args.work.resolve()
-    args.work.mkdir(parents=True, exist_ok=True)
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    """Run every cohort (and the killed-worker run); everything the report needs."""
     started = time.strftime("%Y-%m-%d %H:%M")
     csv3d, n3d = pairs_3d(args.work, args.repeat3d)
     csv2d, n2d = pairs_2d(args.work, args.pairs2d)
@@ -253,7 +245,7 @@ def main() -> None:
     network = ["--model", "brain2d", "--batch-size", "16"]
     runs = [("3D dense (greedy, fast)", csv3d, n3d, dense, w) for w in (1, 2)]
     runs += [("2D network brain2d, batch 16", csv2d, n2d, network, w) for w in (1, 2, 2, 1)]
-    rows, raw = [], []
+    raw = []
     for i, (label, csv_path, n, method, workers) in enumerate(runs):
         out = args.work / f"out{i}"
         shutil.rmtree(out, ignore_errors=True)
@@ -261,62 +253,103 @@ def main() -> None:
                              "--workers", str(workers), "--device", "cpu", "--no-progress")
         r = run_cohort(cmd, out)
         r.update(label=label, n=n, workers=workers)
+        r.pop("table")
         raw.append(r)
         shutil.rmtree(out, ignore_errors=True)
         print(json.dumps({k: r[k] for k in ("label", "workers", "wall", "cpu", "load0", "tree_peak_mb", "plan",
                                             "summary", "rc")}), flush=True)
         if r["rc"] != 0:
             raise SystemExit(f"{' '.join(cmd)} failed: {r['stderr']}")
-    for r in raw:
-        rows.append([r["label"], f"`--workers {r['workers']}`", r["plan"].removeprefix("running "), r["n"],
-                     f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{3600 * r['n'] / r['wall']:.0f}",
-                     f"{r['cpu'] / r['n']:.2f}", f"{r['tree_peak_mb'] / 1e3:.2f}", f"{r['job_peak_mb'] / 1e3:.2f}",
-                     f"{r['load0']:.1f} / {r['load1']:.1f}"])
-    summary = []
+    killed = killed_worker_run(csv3d, n3d, args.work) if args.kill else None
+    return {"started": started, "node": platform.node(), "cpu_model": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)), "memory_gib": psutil.virtual_memory().total / 2**30,
+            "python": platform.python_version(), "repeat3d": args.repeat3d, "pairs2d": args.pairs2d, "n3d": n3d,
+            "n2d": n2d, "auto3d": auto3d, "auto2d": auto2d, "runs": raw, "killed": killed}
+
+
+def killed_section(k: dict, n3d: int) -> list[str]:
+    extra = k["extra"] or {}
+    victim = extra.get("killed")
+    what = (f"`{victim}`, after {extra['done_before']} row(s) had finished" if victim
+            else "none: the run ended first")
+    rows = [[r["row"], r["name"], r["status"], r["worker"] + (" (killed)" if r["worker"] == victim else ""),
+             r["seconds"], r["dice"], r["peak_memory_mb"]] for r in k["table"]]
+    survivors = sorted({r["worker"] for r in k["table"]} - {victim})
+    rerun = len(k["table"]) - sum(r["worker"] == victim for r in k["table"])
+    by_name: dict[str, set[str]] = {}
+    for r in k["table"]:
+        by_name.setdefault(r["name"].split("_", 1)[1], set()).add(r["dice"])
+    same = all(len(v) == 1 for v in by_name.values())
+    return [
+        "## A killed worker (Dask scheduler on localhost)",
+        "",
+        f"The {n3d}-row 3D cohort, `register --method dense --pairs ... --scheduler scheduler.json --threads 1`, "
+        "sent to a `dask scheduler` with two `dask worker --nthreads 1 --no-nanny` processes on this machine "
+        "(`DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=2`). Once a row had finished and both workers were busy, "
+        f"the script waited 5 s and SIGKILLed one worker: {what}.",
+        "",
+        md_table(["wall s", "CPU s (command only)", "exit code", "moved images written", "hidden temporaries left",
+                  "load start / end"],
+                 [[f"{k['wall']:.1f}", f"{k['cpu']:.1f}", k["rc"], f"{k['outputs']} of {n3d}", len(k["hidden"]),
+                   f"{k['load0']:.1f} / {k['load1']:.1f}"]]),
+        "",
+        "`cohort.csv` afterwards:",
+        "",
+        md_table(["row", "name", "status", "worker", "s", "Dice (seg35)", "peak MB"], rows),
+        "",
+        f"Every row finished once; the row the killed worker was running was run again from the start on "
+        f"{', '.join(f'`{w}`' for w in survivors)} ({rerun} of {len(k['table'])} rows ran there). The two rows of "
+        f"each direction have {'the same' if same else 'DIFFERENT'} Dice, so the rerun wrote the same result. "
+        f"Its last line: `{k['summary']}`. (The CPU column counts the command only: the `dask worker` processes are "
+        "not its children.)" + (f" Data of this section: {k['note']}." if k.get("note") else ""),
+        "",
+    ]
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min"
+
+
+def render(res: dict, out: Path) -> str:
+    raw = res["runs"]
+    rows = [[r["label"], f"`--workers {r['workers']}`", r["plan"].removeprefix("running "), r["n"], f"{r['wall']:.1f}",
+             f"{r['cpu']:.1f}", f"{3600 * r['n'] / r['wall']:.0f}", f"{r['cpu'] / r['n']:.2f}",
+             f"{r['tree_peak_mb'] / 1e3:.2f}", f"{r['job_peak_mb'] / 1e3:.2f}", f"{r['load0']:.1f} / {r['load1']:.1f}"]
+            for r in raw]
+    summary, rates = [], {}
     for label in dict.fromkeys(r["label"] for r in raw):
         by = {w: [r for r in raw if r["label"] == label and r["workers"] == w] for w in (1, 2)}
         rate = {w: sum(r["n"] for r in rs) * 3600 / sum(r["wall"] for r in rs) for w, rs in by.items()}
-        summary.append(f"- {label}: {rate[1]:.0f} pairs/hour with 1 worker, {rate[2]:.0f} with 2 "
-                       f"(x{rate[2] / rate[1]:.2f}); 1000 pairs would take {1000 / rate[1]:.1f} h / "
-                       f"{1000 / rate[2]:.1f} h on this machine.")
-    killed = []
-    if args.kill:
-        k = killed_worker_run(csv3d, n3d, args.work)
-        print(json.dumps({key: k[key] for key in ("wall", "rc", "statuses", "extra", "summary", "outputs", "hidden")},
-                         default=str), flush=True)
-        extra = k["extra"] or {}
-        what = (f"killed {extra['killed']} after {extra['done_before']} row(s) done" if extra.get("killed")
-                else "no worker could be killed: the run ended first")
-        killed = [
-            "## A killed worker (Dask scheduler on localhost)",
-            "",
-            f"The {n3d}-row 3D cohort, `register --method dense --pairs ... --scheduler scheduler.json --threads 1`, "
-            "sent to a `dask scheduler` with two `dask worker --nthreads 1 --no-nanny` processes on this machine. "
-            f"Once a row had finished and both workers were busy, one worker was SIGKILLed "
-            f"({what}).",
-            "",
-            md_table(["wall s", "CPU s (command only)", "exit code", "cohort.csv statuses", "moved images written",
-                      "hidden temporaries left", "load start / end"],
-                     [[f"{k['wall']:.1f}", f"{k['cpu']:.1f}", k["rc"], ", ".join(k["statuses"]),
-                       f"{k['outputs']} of {n3d}", len(k["hidden"]), f"{k['load0']:.1f} / {k['load1']:.1f}"]]),
-            "",
-            f"Its last line: `{k['summary']}`. The killed worker's row was run again on the other worker; "
-            "(its CPU time is not in the CPU column: the `dask worker` processes are not children of the command).",
-            "",
-        ]
+        cpu = {w: sum(r["cpu"] for r in rs) / sum(r["n"] for r in rs) for w, rs in by.items()}
+        rates[label] = rate
+        summary.append(f"- **{label}**: {rate[1]:.0f} pairs/hour with 1 worker, {rate[2]:.0f} with 2 "
+                       f"(x{rate[2] / rate[1]:.2f}, all runs of each pooled); CPU s/pair {cpu[1]:.2f} vs {cpu[2]:.2f}; "
+                       f"1000 pairs would take {_duration(1000 / rate[1])} / {_duration(1000 / rate[2])} on this "
+                       "machine.")
+    two = rates.get("2D network brain2d, batch 16")
+    note = []
+    if two and two[2] > 1.2 * two[1]:
+        note = ["On this loaded machine the 2D network ran faster as 2 single-threaded worker processes than as the "
+                "engine's default (one process, 2 torch threads), and with less CPU per pair: with the cores "
+                "oversubscribed, a 2-thread process loses time whenever one of its threads is descheduled (its "
+                "threads wait for each other at every parallel region), while two 1-thread processes do not. Whether "
+                "the default should change needs the same comparison on a quiet machine; it was not available here.",
+                ""]
+    kill = ["--no-kill"] if res["killed"] is None else []
     text = [
         "# Cohort registration throughput",
         "",
-        f"Generated by `python -m benchmarks.speed.bench_cohort --repeat3d {args.repeat3d} --pairs2d {args.pairs2d}"
-        f"{'' if args.kill else ' --no-kill'}` (`{SCRIPT}`) on {started}, {platform.node() or 'this machine'}: "
-        f"{cpu_model()}, {len(os.sched_getaffinity(0))} usable cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-        f"Python {platform.python_version()}, CPU device.",
+        f"Generated by `python -m benchmarks.speed.bench_cohort --repeat3d {res['repeat3d']} --pairs2d "
+        f"{res['pairs2d']}{' ' + kill[0] if kill else ''}` (`{SCRIPT}`) on {res['started']}, "
+        f"{res['node'] or 'this machine'}: "
+        f"{res['cpu_model']}, {res['cores']} usable cores, {res['memory_gib']:.0f} GiB, Python {res['python']}, "
+        "CPU device.",
         "",
         "Each row is one `morphreg register --pairs CSV --out DIR --workers N --device cpu` command; the wall time "
         "includes Python and torch start-up, the start of the worker processes (a Dask `LocalCluster` for N > 1), "
         "and every write (moved image, warp, moved labels, `cohort.csv`). 3D: the two neurite-OASIS 3D volumes "
-        f"(160 x 192 x 224, seg35), both directions, listed {args.repeat3d} times, `--method dense` (fast preset). "
-        f"2D: the built-in `brain2d` on the first {n2d} OASIS 2D test pairs (`benchmarks/work/oasis2d/"
+        f"(160 x 192 x 224, seg35), both directions, listed {res['repeat3d']} times, `--method dense` (fast preset). "
+        f"2D: the built-in `brain2d` on the first {res['n2d']} OASIS 2D test pairs (`benchmarks/work/oasis2d/"
         "test_pairs_seg24.csv`, 160 x 192), `--batch-size 16`, run in the order 1, 2, 2, 1 workers. "
         "*Engine's choice*: the `running ...` line the command printed (threads per job chosen by the engine: "
         "the cores shared among the workers). CPU s: user + system time of the command and its worker processes "
@@ -324,27 +357,47 @@ def main() -> None:
         "Peak GB (tree): the largest sum of the resident sets of the command's processes (sampled every 0.1 s); "
         "peak GB (job): the largest per-job peak in `cohort.csv` (the resident peak of the process that ran it).",
         "",
-        "**The machine is shared** with other jobs (a background training run at nice 19 and other sessions' "
-        "tests; the 1-minute load average at the start and end of each run is in the last column; on 2 cores a "
-        "load above 2 means the runs competed for them), so compare rows of one table only, and read the numbers "
-        "as a lower bound for a quiet machine.",
+        "**The machine was heavily loaded** by other jobs (a background training run at nice 19 and other "
+        "sessions' benchmarks and tests; the 1-minute load average at the start and end of each run is in the last "
+        "column; on 2 cores a load above 2 means the runs competed for them), so compare rows of one table only, "
+        "and read the numbers as a lower bound for a quiet machine (a 3D dense pair takes about 27 s at 2 threads "
+        "there, `docs/results/dense3d.md`).",
         "",
         md_table(["cohort", "asked", "engine's choice", "pairs", "wall s", "CPU s", "pairs/hour (wall)", "CPU s/pair",
                   "peak GB (tree)", "peak GB (job)", "load start / end"], rows),
         "",
         *summary,
         "",
+        *note,
         "Without `--workers` the engine picks by itself (`plan_for`, the same call the command makes; nothing "
-        f"run): 3D dense: {auto3d}; 2D network: {auto2d}. 3D classical jobs (~2 GB each) get min(cores, "
-        "memory / estimate, rows) worker processes; network cohorts and 2D jobs run in this process with every "
-        "core (a network batch uses the cores best from one process, and worker processes take seconds to start, "
-        "more than a 2D job lasts).",
+        f"run): 3D dense: {res['auto3d']}; 2D network: {res['auto2d']}. 3D classical jobs (~2.5 GB estimated each) "
+        "get min(cores, memory / estimate, rows) worker processes; network cohorts and 2D jobs run in this process "
+        "with every core (worker processes take seconds to start, more than a 2D job lasts).",
         "",
-        *killed,
+        *(killed_section(res["killed"], res["n3d"]) if res["killed"] else []),
     ]
-    write_text(args.out, "\n".join(text))
-    (args.work / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
-    print("\n".join(text))
+    write_text(out, "\n".join(text))
+    return "\n".join(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=WORK / "reports" / "cohort")
+    parser.add_argument("--repeat3d", type=int, default=2, help="times the two 3D directions are listed")
+    parser.add_argument("--pairs2d", type=int, default=128, help="2D test pairs (of 128)")
+    parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the killed-worker run")
+    parser.add_argument("--render", action="store_true", help="only write the report from WORK/results.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cohort.md")
+    args = parser.parse_args()
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    saved = args.work / "results.json"
+    if args.render:
+        res = json.loads(saved.read_text())
+    else:
+        res = measure(args)
+        saved.write_text(json.dumps(res, indent=1, default=str))
+    print(render(res, args.out))
 
 
 if __name__ == "__main__":
