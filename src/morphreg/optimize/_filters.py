@@ -25,25 +25,31 @@ __all__ = ["box_sum", "gaussian_blur", "gaussian_smooth", "gaussian_taps", "wind
 def _filter_axis(image: torch.Tensor, axis: int, taps: Sequence[float], padding: str) -> torch.Tensor:
     """Correlate ``image`` along spatial ``axis`` with odd-length ``taps`` (centred), same shape.
 
+    No padded copy: each shift adds the overlapping part, and the part beyond the border adds the
+    edge value (``"replicate"``) or nothing (``"constant"``, zeros).
+
     Args:
         padding: ``"constant"`` (zeros) or ``"replicate"`` beyond the border.
     """
-    ndim = image.dim() - 2
     dim = 2 + axis
     size = image.shape[dim]
     radius = len(taps) // 2
-    pad = [0] * (2 * ndim)
-    pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius  # F.pad lists the last axis first
-    padded = F.pad(image, pad, mode=padding)
-    out = padded.narrow(dim, 0, size) * taps[0]
-    for shift in range(1, len(taps)):
-        out = out.add_(padded.narrow(dim, shift, size), alpha=taps[shift])
+    out = image * taps[radius]
+    for shift in range(1, radius + 1):
+        inside = size - shift
+        if inside > 0:
+            out.narrow(dim, 0, inside).add_(image.narrow(dim, shift, inside), alpha=taps[radius + shift])
+            out.narrow(dim, shift, inside).add_(image.narrow(dim, 0, inside), alpha=taps[radius - shift])
+        if padding == "replicate":
+            beyond = min(shift, size)
+            out.narrow(dim, size - beyond, beyond).add_(image.narrow(dim, size - 1, 1), alpha=taps[radius + shift])
+            out.narrow(dim, 0, beyond).add_(image.narrow(dim, 0, 1), alpha=taps[radius - shift])
     return out
 
 
-def gaussian_taps(sigma: float, size: int) -> list[float]:
-    """Normalised Gaussian weights of radius ``ceil(3 sigma)`` (at most ``size - 1``, at least 1)."""
-    radius = min(max(1, math.ceil(3.0 * sigma)), max(size - 1, 1))
+def gaussian_taps(sigma: float, size: int, truncate: float = 3.0) -> list[float]:
+    """Normalised Gaussian weights of radius ``ceil(truncate sigma)`` (at most ``size - 1``, at least 1)."""
+    radius = min(max(1, math.ceil(truncate * sigma)), max(size - 1, 1))
     weights = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)]
     total = sum(weights)
     return [w / total for w in weights]
@@ -60,12 +66,13 @@ def _per_channel(image: torch.Tensor, filter_one: Callable[[torch.Tensor], torch
     return torch.cat([filter_one(image[:, c : c + 1]) for c in range(image.shape[1])], dim=1)
 
 
-def gaussian_blur(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigma: Sequence[float], truncate: float = 3.0) -> torch.Tensor:
     """Separable Gaussian blur of ``(B, C, *spatial)`` with one sigma (voxels) per axis.
 
-    Borders are replicated; an axis with ``sigma <= 0`` (or of size 1) is left alone.
+    Borders are replicated; an axis with ``sigma <= 0`` (or of size 1) is left alone. The kernel
+    stops at ``ceil(truncate sigma)`` voxels.
     """
-    axes = [(axis, gaussian_taps(s, image.shape[2 + axis])) for axis, s in enumerate(sigma)
+    axes = [(axis, gaussian_taps(s, image.shape[2 + axis], truncate)) for axis, s in enumerate(sigma)
             if s > 0 and image.shape[2 + axis] >= 2]
     if not axes:
         return image
@@ -78,9 +85,9 @@ def gaussian_blur(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
     return _per_channel(image, blur)
 
 
-def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_smooth(field: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
     """Separable Gaussian blur of ``(B, C, *spatial)`` with one sigma (voxels) on every axis."""
-    return gaussian_blur(field, [sigma] * (field.dim() - 2)) if sigma > 0 else field
+    return gaussian_blur(field, [sigma] * (field.dim() - 2), truncate) if sigma > 0 else field
 
 
 def _box_axis(image: torch.Tensor, axis: int, radius: int) -> torch.Tensor:

@@ -40,6 +40,11 @@ GREEDY_PRESETS: dict[str, dict[str, object]] = {
     "accurate": {"levels": 3, "iterations": (200, 100, 40)},
 }
 
+#: Gaussian kernels of the greedy updates stop at ``ceil(2 sigma)`` (fluid 5 taps, elastic 3, not 7
+#: and 5): the weights left out are 1.1 % and 0.03 % of the centre one. On the OASIS 3D pair Dice
+#: seg35 0.7816/0.7971 against 0.7816/0.7970 at ``3 sigma``, about 10 % less CPU time.
+_TRUNCATE = 2.0
+
 #: Fields with more voxels than this are inverted coarse to fine (:func:`invert_disp_pyramid`).
 LARGE_FIELD = 2**20
 
@@ -265,9 +270,9 @@ def register_greedy(
         warper = spatial.GridWarper(shape, device=disp.device, dtype=disp.dtype)
         for it in range(steps):
             force, cc = similarity.force(warper(moving_l, disp))
-            update = gaussian_smooth(force, fluid_sigma)
+            update = gaussian_smooth(force, fluid_sigma, _TRUNCATE)
             update = update.mul_(step / _largest_length(update).clamp_min(1e-12))
-            disp = gaussian_smooth(update.add_(warper(disp, update)), elastic_sigma)  # compose(disp, update)
+            disp = gaussian_smooth(update.add_(warper(disp, update)), elastic_sigma, _TRUNCATE)  # compose(disp, update)
             history.append(-cc)
             if progress is not None:
                 progress(level, len(plan), it, steps, -cc, time.perf_counter() - start)
