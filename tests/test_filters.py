@@ -30,6 +30,19 @@ def test_gaussian_blur_skips_zero_sigma_and_keeps_gradients():
     assert torch.autograd.gradcheck(lambda x: gaussian_blur(x, [0.7, 1.0]), (small,))
 
 
+@pytest.mark.parametrize("channelwise", [True, False])
+def test_large_tensors_filtered_channel_by_channel_give_the_same_result(monkeypatch, channelwise):
+    """The channel-at-a-time path of large tensors (made to apply here) = scipy, box and blur."""
+    from morphreg.optimize import _filters
+
+    monkeypatch.setattr(_filters, "_CHANNELWISE", 0 if channelwise else 10**12)
+    image = torch.randint(0, 100, (2, 3, 9, 10, 11)).double()
+    box = ndimage.uniform_filter(image.numpy(), size=(1, 1, 7, 7, 7), mode="constant") * 7**3
+    assert torch.equal(box_sum(image, 3), torch.from_numpy(np.round(box)))
+    blur = ndimage.gaussian_filter(image.numpy(), [0, 0, 1.0, 0.5, 1.5], mode="nearest", truncate=3.0)
+    assert torch.allclose(gaussian_blur(image, [1.0, 0.5, 1.5]), torch.from_numpy(blur), atol=1e-10)
+
+
 @pytest.mark.parametrize("radius", [1, 2, 3, 4, 6])
 def test_box_sum_is_exact_for_integers(radius):
     image = torch.randint(0, 1000, (1, 2, 7, 8, 9)).double()

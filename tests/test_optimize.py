@@ -716,3 +716,26 @@ def test_register_affine_batch_of_pairs_is_solved_pair_by_pair():
     assert result.matrix_voxel.shape == (2, 2, 3) and result.matrix_world.shape == (2, 3, 3)
     for k, truth in enumerate(truths):
         assert _mean_disp_error(result.matrix_voxel[k], truth, shape) < 0.1
+
+
+def test_adam_matches_torch_optim_adam_step_for_step():
+    """The optimisers' own Adam (no torch.optim import) makes torch.optim.Adam's updates, lr changes included."""
+    from morphreg.optimize._common import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    ours = [torch.zeros(3, 4, dtype=torch.float64, requires_grad=True), torch.ones(2, dtype=torch.float64,
+                                                                                   requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_(True) for p in ours]
+    mine, reference = Adam(ours, lr=0.1), torch.optim.Adam(theirs, lr=0.1, foreach=False)
+    for step in range(40):
+        for params, opt in ((ours, mine), (theirs, reference)):
+            opt.zero_grad()
+            ((params[0] - target) ** 4).sum().add(params[1].pow(2).sum() * (step % 3)).backward()
+            opt.step()
+        lr = 0.1 * (1 + math.cos(step / 7)) / 2 + 1e-3
+        mine.lr = lr
+        reference.param_groups[0]["lr"] = lr
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+    assert not torch.allclose(ours[0], torch.zeros_like(ours[0]))

@@ -336,3 +336,31 @@ def test_sample_agrees_with_warp_and_keeps_the_points_shape():
 def test_sample_error_messages_name_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("depth", [12, 13])
+def test_3d_sampling_cut_into_slabs_for_threads_is_exact(monkeypatch, channels, depth):
+    """Without autograd a batch-1 3D grid is sampled as one slab per thread (torch's 3D kernel runs
+    one thread per batch element): bit for bit the single call, odd depths in one piece."""
+    from morphreg import spatial as sp
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, channels, depth, 9, 10, generator=gen)
+    disp = torch.randn(1, 3, depth, 9, 10, generator=gen) * 2
+    whole = sp.warp(image, disp)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sp, "_SPLIT_3D_POINTS", 0)
+    calls = []
+    original = sp.F.grid_sample
+    monkeypatch.setattr(sp.F, "grid_sample", lambda values, grid, **kw: calls.append(grid.shape[0]) or
+                        original(values, grid, **kw))
+    try:
+        torch.set_num_threads(2)
+        sliced = sp.warp(image, disp)
+        warper = sp.GridWarper(disp.shape[2:])(image, disp)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == ([2, 2] if depth % 2 == 0 else [1, 1])
+    assert torch.equal(sliced, whole)
+    torch.testing.assert_close(warper, whole, rtol=0, atol=1e-5)

@@ -149,7 +149,8 @@ def write_report(rows: list[dict], contrast: list[dict], facts: dict[str, str], 
     lines += ["", "## Settings", "",
               "- morphreg: `morphreg register --method affine --moving M --fixed F --moved OUT --warp W --moving-seg S "
               "--moved-seg OUT --quiet` (defaults: loss `auto` -> gncc on this pair, moments init, 3 levels x 100 "
-              "Adam iterations, 2^15 random points per iteration).",
+              "Adam iterations, 2^13 random points per iteration, parameters averaged over the second half of the "
+              "finest level).",
               "- ANTs: `ants.registration(fixed, moving, type_of_transform=\"Affine\")` defaults (COM init, Mattes MI "
               "32 bins, 20% regular sampling, shrink 6x4x2x1, smoothing 3x2x1x0, 2100x1200x1200x10 iterations with "
               "convergence test), then `apply_transforms` (nearest neighbour) for seg35 and seg4.",

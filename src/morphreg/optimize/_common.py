@@ -13,7 +13,8 @@ full-resolution grid at the corners (``align_corners=True``), so level voxel ``x
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -170,19 +171,81 @@ def fit_tensor(
     return param.detach()
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op torch thread, restoring the count afterwards.
+
+    For loops of small tensor ops (a few thousand points per op), which a second thread only
+    slows down: each op's parallel region waits for every thread, and on a shared machine one of
+    them is often descheduled. 100 sampled affine iterations (8192 points) took 1.0 s at 1
+    thread and 6.3 s at 2 threads with a load of 6 on 2 cores. The count is process-wide.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+class Adam:
+    """Adam (Kingma & Ba) on a list of tensors: the update of ``torch.optim.Adam(params, lr)`` with its
+    defaults (betas 0.9/0.999, eps 1e-8, no weight decay; its single-tensor code path, step for step).
+
+    Written out because ``torch.optim.Optimizer`` imports ``torch._dynamo`` on first use, 0.7-2.8 s
+    of a 3D affine registration of 1-3 s on this machine (``docs/results/affine3d.md``).
+    ``lr`` may be changed between steps.
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: float) -> None:
+        self.params = list(params)
+        self.lr = lr
+        self.steps = 0
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        self.steps += 1
+        beta1, beta2 = self.betas
+        correction1 = 1.0 - beta1**self.steps
+        correction2_sqrt = math.sqrt(1.0 - beta2**self.steps)
+        for param, avg, avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if param.grad is None:
+                continue
+            grad = param.grad
+            avg.lerp_(grad, 1.0 - beta1)
+            avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1.0 - beta2)
+            denom = (avg_sq.sqrt() / correction2_sqrt).add_(self.eps)
+            param.addcdiv_(avg, denom, value=-self.lr / correction1)
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+
 def run_adam(
-    params: list[torch.Tensor] | list[dict],
+    params: list[torch.Tensor],
     objective: Callable[[], torch.Tensor],
     iterations: int,
     lr: float,
     history: list[float],
     final_lr_ratio: float = 0.1,
     on_step: Callable[[int, float], None] | None = None,
+    average_last: int = 0,
 ) -> None:
-    """Minimise ``objective()`` with Adam, cosine-decaying every group's lr to ``final_lr_ratio``.
+    """Minimise ``objective()`` with :class:`Adam`, cosine-decaying the lr to ``final_lr_ratio`` of ``lr``.
 
     Appends the loss of every iteration to ``history`` (evaluated before the step) and calls
-    ``on_step(iteration, loss)`` after each step when given.
+    ``on_step(iteration, loss)`` after each step when given. ``average_last > 0`` leaves the
+    parameters at their mean over the last ``average_last`` steps (iterate averaging: for a noisy,
+    sampled objective).
 
     Raises:
         FloatingPointError: the loss is NaN or infinite (the optimisation diverged, e.g. for a
@@ -191,13 +254,13 @@ def run_adam(
     """
     if iterations == 0:
         return
-    optimizer = torch.optim.Adam(params, lr=lr)
-    base = [group["lr"] for group in optimizer.param_groups]
+    optimizer = Adam(params, lr=lr)
+    average = min(average_last, iterations)
+    sums = [torch.zeros_like(p) for p in params] if average else []
     for it in range(iterations):
         ratio = final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * it / max(iterations - 1, 1)))
-        for group, lr0 in zip(optimizer.param_groups, base):
-            group["lr"] = lr0 * ratio
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.lr = lr * ratio
+        optimizer.zero_grad()
         loss = objective()
         if not bool(torch.isfinite(loss.detach())):
             raise FloatingPointError(
@@ -207,5 +270,12 @@ def run_adam(
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))
+        if it >= iterations - average:
+            with torch.no_grad():
+                for total, param in zip(sums, params):
+                    total.add_(param)
         if on_step is not None:
             on_step(it, history[-1])
+    with torch.no_grad():
+        for total, param in zip(sums, params):
+            param.copy_(total / average)

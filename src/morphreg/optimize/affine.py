@@ -42,6 +42,7 @@ from ._common import (
     level_plan,
     level_scale,
     level_shapes,
+    one_thread,
     pyramid,
     resolve_loss,
     run_adam,
@@ -62,7 +63,10 @@ AFFINE_TRANSFORMS = ("translation", "rigid", "similarity", "affine")
 AFFINE_INITS = ("moments", "com", "identity")
 
 #: Default number of random points scoring a global similarity at each iteration (``samples``).
-DEFAULT_SAMPLES = 2**15
+#: 2^13 with the parameters averaged over the second half of the finest level: on the OASIS 3D
+#: pair (``register --method affine``) Dice seg35 0.4952/0.4969 against 0.4940/0.4919 with 2^15
+#: and no averaging, at about a third of the time (2^13 without averaging: 0.4780/0.4921).
+DEFAULT_SAMPLES = 2**13
 
 
 
@@ -371,7 +375,9 @@ def register_affine(
             for 2D images also a NIfTI 4x4, whose slice plane gives the in-plane frame); identity
             when ``None``. They make ``rigid`` rigid in world units and give ``matrix_world``.
         samples: at a level with more fixed voxels than this, the loss is scored on this many
-            of them, drawn at random once per level (fixed seed); ``None`` scores every voxel.
+            of them, drawn afresh at every iteration (fixed seed); ``None`` scores every voxel.
+            The result is then the mean of the parameters over the second half of the finest
+            level's iterations (the noise of the sampled loss averages out there).
             Only for the global similarities (``"gncc"``, ``"mi"``, ``"mse"``); local NCC and
             callables always see whole images.
         progress: called after every iteration with ``(level, n_levels, iteration,
@@ -401,11 +407,12 @@ def register_affine(
         candidates = [_init_from_matrix(fn, init, geo, n, fixed.shape[0])]
     else:
         candidates = initial_transforms(moving, fixed, geo, init, transform)
-    if auto:  # judged at the first guess (centroids matched, or the matrix given)
-        with torch.no_grad():
-            loss = auto_loss(_candidate_moved(candidates[0], geo, *coarse, scales), coarse[1])
-    similarity = resolve_loss(fn, loss)
-    start = _best_candidate(candidates, geo, *coarse, similarity, scales) if len(candidates) > 1 else candidates[0]
+    with one_thread():  # the coarsest level is small (40 x 48 x 56 for a 160 x 192 x 224 image)
+        if auto:  # judged at the first guess (centroids matched, or the matrix given)
+            with torch.no_grad():
+                loss = auto_loss(_candidate_moved(candidates[0], geo, *coarse, scales), coarse[1])
+        similarity = resolve_loss(fn, loss)
+        start = _best_candidate(candidates, geo, *coarse, similarity, scales) if len(candidates) > 1 else candidates[0]
 
     # one parameter unit moves the periphery (radius r) by one fine voxel
     params = _Params(fn, start, transform, geo.voxel_size / geo.radius, fixed.dtype, fixed.device)
@@ -450,7 +457,13 @@ def _optimise_levels(
         if progress is not None:
             def on_step(it: int, value: float, level: int = level, steps: int = steps) -> None:
                 progress(level, len(plan), it, steps, value, time.perf_counter() - clock)
-        run_adam(params.tensors(), objective, steps, level_lr, history, on_step=on_step)
+        if isinstance(objective, SampledLoss):  # a few thousand points per op: one thread is faster
+            average = steps // 2 if level == len(plan) - 1 else 0  # the sampling noise of the last steps
+            with one_thread():
+                run_adam(params.tensors(), objective, steps, level_lr, history, on_step=on_step,
+                         average_last=average)
+        else:
+            run_adam(params.tensors(), objective, steps, level_lr, history, on_step=on_step)
     return history
 
 
