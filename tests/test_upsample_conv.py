@@ -42,10 +42,27 @@ def test_inference_reuses_phase_kernels_until_the_weights_change():
 
     with torch.inference_mode():
         torch.testing.assert_close(conv_upsampled(conv, low, skip), reference(), atol=1e-5, rtol=1e-5)
-        first = conv._phase_kernel_cache[1][0]
+        first = conv._transposed_kernel_cache[1][0]
         conv_upsampled(conv, low, skip)
-        assert conv._phase_kernel_cache[1][0] is first  # reused
+        assert conv._transposed_kernel_cache[1][0] is first  # reused
     with torch.no_grad():
         conv.weight.mul_(-2.0)  # an optimiser step or load_state_dict writes in place
     with torch.inference_mode():
         torch.testing.assert_close(conv_upsampled(conv, low, skip), reference(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_cached_kernels_keep_the_weight_layout(ndim):
+    """A channels-last conv caches channels-last kernels (else every inference call converts them), contiguous too."""
+    from morphreg.models.upsample_conv import channels_last, conv_upsampled
+
+    torch.manual_seed(0)
+    for layout in (channels_last(ndim), torch.contiguous_format):
+        conv = getattr(torch.nn, f"Conv{ndim}d")(6 + 3, 4, 3, padding=1).to(memory_format=layout)
+        low = torch.randn(1, 6, *[4] * ndim).contiguous(memory_format=layout)
+        skip = torch.randn(1, 3, *[8] * ndim).contiguous(memory_format=layout)
+        with torch.inference_mode():
+            conv_upsampled(conv, low, skip)
+        kernel, skip_weight = conv._transposed_kernel_cache[1]
+        assert kernel.shape == (6, 4, *[4] * ndim) and skip_weight.shape == (4, 3, *[3] * ndim)
+        assert kernel.is_contiguous(memory_format=layout) and skip_weight.is_contiguous(memory_format=layout)

@@ -3,28 +3,34 @@
 The U-Net's decoder upsamples by 2 (nearest) and convolves the result, concatenated with a skip
 connection, with a 3^n kernel. Along one axis, an output voxel at ``2i + a`` sees upsampled voxels
 ``2i + a - 1 .. 2i + a + 1``, i.e. low-resolution voxels ``i - 1, i`` (phase ``a = 0``, taps
-``w0, w1 + w2``) or ``i, i + 1`` (``a = 1``, taps ``w0 + w1, w2``). So each of the 2^n output
-phases is a 2^n-tap convolution of the low-resolution features: 8 taps per output voxel instead
-of 27 in 3D (4 instead of 9 in 2D), with the same weights, exact up to float rounding. All 2^n
-phase kernels are stacked into one convolution over the padded low-resolution features (one op,
-not 2^n: fewer small ops, which is what costs most at 2 threads on a loaded machine). The skip
-channels are convolved at full resolution as before, and the phases are added into that output
-in place (channels-last layout, where a phase is a strided view of it).
+``w0, w1 + w2``) or ``i, i + 1`` (``a = 1``, taps ``w0 + w1, w2``): 2^n taps per output voxel
+instead of 3^n, with the same weights, exact up to float rounding.
 
-On the 3D VxmDense's first full-resolution layer (48 -> 32 channels at 96 x 112 x 128, one
-thread) this took the layer from 1.46 s to 0.84 s forward, 8.5 s to 5.8 s forward + backward.
+Those sums are one *transposed* convolution of the low-resolution features, stride 2, padding 1,
+with a 4^n kernel: low voxel ``j`` reaches output ``o`` through tap ``k = o - 2j + 1``, so along
+one axis taps ``k = 3, 2, 1, 0`` are the phase sums ``w0``, ``w0 + w1``, ``w1 + w2``, ``w2``
+(:data:`_TAPS`). One library op writes every phase at its place in the full-resolution output, in
+the layout of its input, and its backward is one convolution: no phase interleaving, padding,
+strided add or zero-filled gradient buffer. An earlier version stacked the 2^n phase kernels
+into one convolution and added its phases in through a strided view; on the VxmDense's first
+full-resolution layer (48 -> 32 channels, one thread, process CPU time, loaded machine) the
+transposed convolution took forward + backward from 1.57 s to 1.10 s in 3D (96 x 112 x 128) and
+the forward from 3.9 ms to 2.8 ms in 2D (160 x 192); the whole network: ``docs/results/core.md``.
+The skip channels are convolved at full resolution as before, and the transposed convolution's
+output is added in.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: ``_TAPS[a]``: the (2 low-resolution taps x 3 original taps) sums of one axis, for output phase ``a``.
-_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+#: ``_TAPS[k]``: transposed-convolution tap ``k`` of one axis as a sum of the 3 original taps.
+_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+#: ``einsum`` equations contracting each 3-tap axis with ``_TAPS``: ``(O, C, 3^n)`` -> ``(C, O, 4^n)``.
+_EQUATIONS = {2: "ocKL,XK,YL->coXY", 3: "ocKLM,XK,YL,ZM->coXYZ"}
 
 
 def channels_last(ndim: int) -> torch.memory_format:
@@ -32,72 +38,15 @@ def channels_last(ndim: int) -> torch.memory_format:
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
-def _phases(ndim: int) -> list[tuple[int, ...]]:
-    return list(itertools.product((0, 1), repeat=ndim))
+def transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """``(O, C, 3, ..., 3)`` -> ``(C, O, 4, ..., 4)``: the transposed-convolution kernel of the upsampled part.
 
-
-#: ``einsum`` equations contracting each 3-tap axis with ``_TAPS``: ``(O, I, 3^n)`` -> ``(2, .., 2, O, I, 2^n)``.
-_PHASE_EQUATIONS = {2: "oiKL,aXK,bYL->aboiXY", 3: "oiKLM,aXK,bYL,cZM->abcoiXYZ"}
-
-
-def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
-    """``(O, I, 3, ..., 3)`` -> ``(2^n * O, I, 2, ..., 2)``: the kernel of every output phase, stacked.
-
-    Phase ``p`` (in :func:`_phases` order) owns output channels ``p*O .. (p+1)*O - 1``; one
-    ``einsum`` builds them all (one op instead of ``n`` tensordots per phase).
+    ``conv_transpose(low, transposed_kernel(w), stride=2, padding=1)`` equals
+    ``conv(nearest_upsample_x2(low), w, padding=1)`` (no bias), up to float rounding.
     """
     ndim = weight.dim() - 2
     taps = _TAPS.to(weight.device, weight.dtype)
-    kernels = torch.einsum(_PHASE_EQUATIONS[ndim], weight, *([taps] * ndim))
-    return kernels.reshape(-1, *weight.shape[1:2], *([2] * ndim))
-
-
-def _interleaved(t: torch.Tensor, low_shape: torch.Size) -> torch.Tensor:
-    """View of a channels-last ``(B, C, 2*L1, ..., 2*Ln)`` tensor as ``(B, L1, 2, ..., Ln, 2, C)`` (no copy)."""
-    return t.movedim(1, -1).view(t.shape[0], *[x for n in low_shape for x in (n, 2)], t.shape[1])
-
-
-def _phase_view(stacked: torch.Tensor, channels: int) -> torch.Tensor:
-    """Every phase of the channels-last stacked phase outputs as one strided view, shaped like :func:`_interleaved`.
-
-    ``stacked``: ``(B, 2^n * C, L1 + 1, ..., Ln + 1)``, channels-last. Returns ``(B, L1, 2, ..., Ln, 2, C)``
-    with ``[b, i1, a1, ..., in, an, c] = stacked[b, p(a) * C + c, i1 + a1, ..., in + an]``, ``p(a)``
-    the phase's index in :func:`_phases` order: the offset is linear in every index, so no copy.
-    """
-    ndim = stacked.dim() - 2
-    assert stacked.stride(1) == 1, "stacked phase outputs must be channels-last"
-    low_shape = [n - 1 for n in stacked.shape[2:]]
-    spatial_strides = stacked.stride()[2:]
-    sizes, strides = [stacked.shape[0]], [stacked.stride(0)]
-    for axis, (n, stride) in enumerate(zip(low_shape, spatial_strides)):
-        sizes += [n, 2]
-        strides += [stride, stride + 2 ** (ndim - 1 - axis) * channels]
-    return stacked.as_strided(sizes + [channels], strides + [1])
-
-
-class _AddPhases(torch.autograd.Function):
-    """``out[..., 2i + a, ...] += stacked[phase a][..., i + a, ...]``, in place and in one op (channels-last ``out``).
-
-    ``stacked`` is the one convolution of every phase kernel over the padded low-resolution
-    features, ``(B, 2^n * O, L1 + 1, ..., Ln + 1)``, channels-last. The backward hands it a channels-last
-    contiguous gradient: a strided one makes the convolution's backward take its slow path.
-    """
-
-    @staticmethod
-    def forward(ctx, out: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        low_shape = torch.Size(n - 1 for n in stacked.shape[2:])
-        _interleaved(out, low_shape).add_(_phase_view(stacked, out.shape[1]))
-        ctx.mark_dirty(out)
-        ctx.low_shape, ctx.stacked_shape = low_shape, stacked.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        ndim = len(ctx.low_shape)
-        grad = grad.contiguous(memory_format=channels_last(ndim))
-        grad_stacked = grad.new_zeros(ctx.stacked_shape).contiguous(memory_format=channels_last(ndim))
-        _phase_view(grad_stacked, grad.shape[1]).copy_(_interleaved(grad, ctx.low_shape))
-        return grad, grad_stacked
+    return torch.einsum(_EQUATIONS[ndim], weight, *([taps] * ndim))
 
 
 def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -109,36 +58,34 @@ def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> to
         skip: ``(B, S, 2*L1, ..., 2*Ln)`` skip features.
 
     Returns:
-        ``(B, O, 2*L1, ..., 2*Ln)``, channels-last.
+        ``(B, O, 2*L1, ..., 2*Ln)``, in the memory layout of the skip convolution's output.
     """
     ndim = low.dim() - 2
-    channels = low.shape[1]
-    convolve = getattr(F, f"conv{ndim}d")
-    phase_kernels, skip_weight = _split_weights(conv, channels)
-    out = convolve(skip, skip_weight, conv.bias, padding=1).contiguous(memory_format=channels_last(ndim))
-    padded = F.pad(low, (1, 1) * ndim)
-    stacked = convolve(padded, phase_kernels.to(out.dtype))
-    return _AddPhases.apply(out, stacked.contiguous(memory_format=channels_last(ndim)))
+    kernel, skip_weight = _split_weights(conv, low.shape[1])
+    out = getattr(F, f"conv{ndim}d")(skip, skip_weight, conv.bias, padding=1)
+    return out.add_(getattr(F, f"conv_transpose{ndim}d")(low, kernel.to(out.dtype), stride=2, padding=1))
 
 
 def _split_weights(conv: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(:func:`_phase_kernels` of ``conv.weight[:, :channels]``, ``conv.weight[:, channels:]`` contiguous).
+    """(:func:`transposed_kernel` of ``conv.weight[:, :channels]``, ``conv.weight[:, channels:]``).
 
-    Without autograd (inference) both are kept on ``conv`` and reused while the weights are
-    unchanged, keyed by the weight's storage and version counter (bumped by every in-place update:
-    an optimiser step, ``load_state_dict``); slicing a channels-last weight copies it, so this saves
-    two ops per layer as well as the kernel sums. With autograd they are rebuilt every call so that
-    the gradient reaches ``conv.weight``.
+    Without autograd (inference) both are kept on ``conv``, in the weight's memory layout (a
+    convolution given a kernel in another layout than its input converts it on every call), and
+    reused while the weights are unchanged, keyed by the weight's storage and version counter
+    (bumped by every in-place update: an optimiser step, ``load_state_dict``). With autograd they
+    are rebuilt every call so that the gradient reaches ``conv.weight``.
     """
     weight = conv.weight
     if torch.is_grad_enabled() and weight.requires_grad:
         with torch.autocast(device_type=weight.device.type, enabled=False):  # the tap sums in the weights' precision
-            return _phase_kernels(weight[:, :channels]), weight[:, channels:]
+            return transposed_kernel(weight[:, :channels]), weight[:, channels:]
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, channels)
-    cached = getattr(conv, "_phase_kernel_cache", None)
+    cached = getattr(conv, "_transposed_kernel_cache", None)
     if cached is None or cached[0] != key:
+        layout = channels_last(weight.dim() - 2) if weight.is_contiguous(
+            memory_format=channels_last(weight.dim() - 2)) and not weight.is_contiguous() else torch.contiguous_format
         with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
-            skip_weight = weight[:, channels:].contiguous(memory_format=channels_last(weight.dim() - 2))
-            cached = (key, (_phase_kernels(weight[:, :channels]), skip_weight))
-        conv._phase_kernel_cache = cached
+            cached = (key, (transposed_kernel(weight[:, :channels]).contiguous(memory_format=layout),
+                            weight[:, channels:].contiguous(memory_format=layout)))
+        conv._transposed_kernel_cache = cached
     return cached[1]
