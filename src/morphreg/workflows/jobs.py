@@ -276,16 +276,31 @@ def run_pair_job(job: PairJob, *, resume: bool = False) -> JobStatus:
 
 
 class _Loaded(NamedTuple):
-    """A row read for a network batch: its job, its pair, and the seconds reading took."""
+    """A row read for a network batch: its job, its pair, the seconds reading took, and its
+    network inputs (``(1, 1, *spatial)`` moving and fixed, normalised) once they are made."""
 
     job: PairJob
     pair: PairOnGrid
     seconds: float
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def _load_rows(jobs: Sequence[PairJob], resume: bool) -> tuple[list[JobStatus], list[_Loaded]]:
+def _network_key(job: PairJob, pair: PairOnGrid) -> tuple[RegistrationSpec, int]:
+    return job.spec, pair.fixed.ndim
+
+
+def _with_inputs(item: _Loaded, normalise: str | None) -> _Loaded:
+    """``item`` with its network inputs (``ValueError`` for an image the normalisation refuses)."""
+    start = time.perf_counter()
+    inputs = network_input(item.pair.moving, normalise), network_input(item.pair.fixed, normalise)
+    return item._replace(seconds=item.seconds + time.perf_counter() - start, inputs=inputs)
+
+
+def _load_rows(jobs: Sequence[PairJob], resume: bool,
+               normalisations: dict[Any, str | None]) -> tuple[list[JobStatus], list[_Loaded]]:
     """Read every row of a batch: the statuses of the rows that end here (``skipped`` with
-    ``resume``, ``error`` for a bad input), and the pairs read."""
+    ``resume``, ``error`` for a bad input), and the pairs read, with their network inputs when
+    ``normalisations`` (keyed by :func:`_network_key`) knows the network's normalisation."""
     statuses: list[JobStatus] = []
     loaded: list[_Loaded] = []
     for job in jobs:
@@ -296,10 +311,11 @@ def _load_rows(jobs: Sequence[PairJob], resume: bool) -> tuple[list[JobStatus], 
         try:
             pair = load_job_pair(job)
             _check_formats(job, pair)
+            item = _Loaded(job, pair, time.perf_counter() - start)
+            key = _network_key(job, pair)
+            loaded.append(_with_inputs(item, normalisations[key]) if key in normalisations else item)
         except Exception as err:  # noqa: BLE001 - this row's status
             statuses.append(job_status(job, "error", start, first_line(err)))
-            continue
-        loaded.append(_Loaded(job, pair, time.perf_counter() - start))
     return statuses, loaded
 
 
@@ -316,22 +332,6 @@ def _one_of(output: Any, index: int) -> Any:
                               if isinstance(value, torch.Tensor)})
 
 
-def _forward(group: list[_Loaded], built: dict[Any, Any]) -> tuple[Any, float]:
-    """One network pass over a group of pairs of one grid shape: ``(batched output, seconds)``.
-
-    ``built`` keeps the registration of each ``(spec, ndim)`` across the batches of a run (a plain
-    network holds no state of a pair), so the network is loaded once.
-    """
-    job, pair = group[0].job, group[0].pair
-    key = (job.spec, pair.fixed.ndim)
-    if key not in built:
-        built[key] = job.spec.build(pair)
-    registration, normalise = built[key]
-    moving = torch.cat([network_input(item.pair.moving, normalise) for item in group])
-    fixed = torch.cat([network_input(item.pair.fixed, normalise) for item in group])
-    return run_timed(registration, moving, fixed)
-
-
 def _finish_row(item: _Loaded, output: Any, seconds: float, share: float) -> JobStatus:
     """:func:`finish_job` of one row of a batched pass (a writer thread), as a status; ``share``:
     its part of the pass's wall time, counted in the row's seconds with its reading."""
@@ -343,6 +343,40 @@ def _finish_row(item: _Loaded, output: Any, seconds: float, share: float) -> Job
     return job_status(item.job, "done", start, dice=_mean_dice(result))
 
 
+def _prepare(loaded: list[_Loaded], built: dict[Any, Any], emit: Callable[[JobStatus], None]) -> list[_Loaded]:
+    """The rows with their network inputs; the first batch of each network builds it (into
+    ``built``) and makes its inputs here. A row that fails gets its status through ``emit``."""
+    ready = []
+    for item in loaded:
+        start = time.perf_counter()
+        try:
+            key = _network_key(item.job, item.pair)
+            if key not in built:
+                built[key] = item.job.spec.build(item.pair)
+            ready.append(item if item.inputs is not None else _with_inputs(item, built[key].normalise))
+        except Exception as err:  # noqa: BLE001 - this row's status (a bad network: every row's)
+            emit(job_status(item.job, "error", start - item.seconds, first_line(err)))
+    return ready
+
+
+def _network_pass(group: list[_Loaded], built: dict[Any, Any], writer: ThreadPoolExecutor,
+                  emit: Callable[[JobStatus], None]) -> list[Future[JobStatus]]:
+    """One forward pass over ``group`` (one grid shape), its rows handed to ``writer``; a failed
+    pass is every row's status."""
+    start = time.perf_counter()
+    try:
+        registration = built[_network_key(group[0].job, group[0].pair)].registration
+        output, seconds = run_timed(registration, torch.cat([item.inputs[0] for item in group]),
+                                    torch.cat([item.inputs[1] for item in group]))
+    except Exception as err:  # noqa: BLE001 - the whole group's status
+        for item in group:
+            emit(job_status(item.job, "error", start - item.seconds, first_line(err)))
+        return []
+    share = (time.perf_counter() - start) / len(group)
+    return [writer.submit(_finish_row, item, _one_of(output, k), seconds / len(group), share)
+            for k, item in enumerate(group)]
+
+
 def run_network_tasks(tasks: Sequence[Sequence[PairJob]], *, resume: bool = False,
                       on_status: Callable[[JobStatus], None] | None = None,
                       writers: int = WRITER_THREADS) -> list[JobStatus]:
@@ -352,7 +386,9 @@ def run_network_tasks(tasks: Sequence[Sequence[PairJob]], *, resume: bool = Fals
     the torch threads of this thread), batch ``i + 1`` is read in a background thread and the rows
     of batch ``i`` are finished and written (:func:`finish_job`) by ``writers`` background threads;
     the next pass waits until the rows of the batch before are written, so at most two batches
-    are held. Results are those of :func:`register_job`, row by row.
+    are held. The network is built once per run (per spec and dimensionality). Results are
+    those of :func:`register_job`, row by row; an input the network's normalisation refuses fails
+    its row only.
 
     Args:
         tasks: the batches, in order.
@@ -374,30 +410,28 @@ def run_network_tasks(tasks: Sequence[Sequence[PairJob]], *, resume: bool = Fals
         if on_status:
             on_status(status)
 
-    built: dict[Any, Any] = {}
+    built: dict[Any, Any] = {}  # the registration of each (spec, ndim): the network is loaded once per run
     in_flight: list[Future[JobStatus]] = []
     reader = ThreadPoolExecutor(1, thread_name_prefix="morphreg-read")
     writer = ThreadPoolExecutor(max(1, writers), thread_name_prefix="morphreg-write")
+
+    def read(index: int) -> Future[tuple[list[JobStatus], list[_Loaded]]] | None:
+        if index >= len(tasks):
+            return None
+        return reader.submit(_load_rows, tasks[index], resume, {key: b.normalise for key, b in built.items()})
+
     try:
-        upcoming = reader.submit(_load_rows, tasks[0], resume) if tasks else None
+        upcoming = read(0)
         for index in range(len(tasks)):
             assert upcoming is not None
             ended, loaded = upcoming.result()
-            upcoming = reader.submit(_load_rows, tasks[index + 1], resume) if index + 1 < len(tasks) else None
             for status in ended:
                 emit(status)
+            ready = _prepare(loaded, built, emit)
+            upcoming = read(index + 1)  # read while this batch goes through the network
             earlier = len(in_flight)  # the rows of the batch before, written during this pass
-            for group in _by_shape(loaded):
-                start = time.perf_counter()
-                try:
-                    output, seconds = _forward(group, built)
-                except Exception as err:  # noqa: BLE001 - the whole group's status
-                    for item in group:
-                        emit(job_status(item.job, "error", start, first_line(err)))
-                    continue
-                share = (time.perf_counter() - start) / len(group)
-                in_flight += [writer.submit(_finish_row, item, _one_of(output, k), seconds / len(group), share)
-                              for k, item in enumerate(group)]
+            for group in _by_shape(ready):
+                in_flight += _network_pass(group, built, writer, emit)
             for future in in_flight[:earlier]:
                 emit(future.result())
             del in_flight[:earlier]
