@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             load_network(args.affine_model, "cpu", "--affine-model")
     formats = OutputFormats(args.warp_format, args.warp_units, args.matrix_format or "ras", label_table(args.labels))
     matrix = method in ("affine", "rigid") or bool(args.affine or args.affine_model)
-    jobs = cohort_jobs(rows, out, spec_from_args(args, method), formats, matrix=matrix)
+    jobs = cohort_jobs(rows, out, spec_from_args(args, method), formats, matrix=matrix,
+                       extension=args.output_ext or ".nii.gz")
     summary = register_cohort(jobs, out, runner, batch_size=args.batch_size, resume=args.resume,
                               report=lambda line: note("register", line))
     rate = (summary.done / summary.seconds) * 3600 if summary.seconds > 0 else float("nan")
