@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
@@ -124,3 +127,95 @@ def test_a_killed_cohort_leaves_its_settings_and_pending_rows_and_resumes_only_w
     with pytest.raises(ValueError, match=r"its settings differ from this one's \(registration.method 'affine' -> "
                                          r"'rigid'\)"):
         cohort.check_cohort_folder(out, other, resume=True)
+
+
+def _voxels(path):
+    return io.load_warp(path).disp if "_warp" in path.name else io.load_volume(path).data
+
+
+def _jobs(tmp_path, out):
+    from morphreg.workflows.cohort import cohort_jobs, read_cohort_csv
+    from morphreg.workflows.spec import RegistrationSpec
+
+    return cohort_jobs(read_cohort_csv(tmp_path / "pairs.csv"), out, RegistrationSpec(model=str(tmp_path / "model.pt")))
+
+
+def test_background_writers_match_the_one_pair_path_and_report_a_row_that_cannot_be_written(tmp_path):
+    """Batches pipelined with writer threads: every file byte for byte what one batch at a time writes (a Dask
+    worker's task), the voxels those of one job at a time; a row whose warp cannot be written (a folder in its
+    place) is an error with the reason, the others are done."""
+    from morphreg.workflows.jobs import run_network_batch, run_network_tasks, run_pair_job
+
+    _setup(tmp_path)
+    jobs = _jobs(tmp_path, tmp_path / "out")
+    blocked = jobs[1].outputs.warp
+    blocked.mkdir(parents=True)
+    seen = []
+    statuses = {s.row: s for s in run_network_tasks([jobs[:3], jobs[3:]], writers=3, on_status=seen.append)}
+    assert sorted(statuses) == [1, 2, 3, 4, 5] and len(seen) == 5
+    assert {row: s.status for row, s in statuses.items()} == {1: "done", 2: "error", 3: "error", 4: "done", 5: "done"}
+    assert blocked.name in statuses[2].message and "nothere" in statuses[3].message
+    assert all(s.peak_memory_mb > 0 and s.seconds > 0 for s in statuses.values())
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary left by the failed write
+    batches = _jobs(tmp_path, tmp_path / "batches")
+    for task in (batches[:3], batches[3:]):
+        run_network_batch(task)
+    for one in _jobs(tmp_path, tmp_path / "one"):
+        if one.row in (1, 4, 5):
+            assert run_pair_job(one).status == "done"
+            for mine, batch, single in zip(jobs[one.row - 1].output_files(), batches[one.row - 1].output_files(),
+                                           one.output_files()):
+                assert mine.read_bytes() == batch.read_bytes(), mine.name
+                np.testing.assert_allclose(_voxels(mine), _voxels(single), atol=1e-5)
+
+
+def test_interrupted_network_batches_finish_the_rows_being_written(tmp_path, monkeypatch):
+    """Ctrl-C while batches are pipelined: the rows already handed to the writers are written whole (no temporary
+    left), the interruption propagates, and a row reported done has all its outputs."""
+    import time
+
+    from morphreg.io import volume
+    from morphreg.workflows.jobs import run_network_tasks
+
+    write_image = volume.write_image
+
+    def slow(img, path):  # each moved image takes 0.2 s to write: rows are mid-write when Ctrl-C comes
+        time.sleep(0.2)
+        write_image(img, path)
+
+    monkeypatch.setattr(volume, "write_image", slow)
+    _setup(tmp_path)
+    jobs = _jobs(tmp_path, tmp_path / "out")
+    seen = []
+
+    def stop(status):
+        seen.append(status)
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_network_tasks([[job] for job in jobs], on_status=stop)
+    assert not list((tmp_path / "out").glob(".*"))
+    for status in seen:
+        if status.status == "done":
+            assert jobs[status.row - 1].finished()
+
+
+def test_cohort_writes_uncompressed_nifti_with_output_ext(tmp_path, capsys):
+    """--output-ext .nii: the same voxels as .nii.gz, in plain NIfTI files; --resume knows them; refused for one pair."""
+    _setup(tmp_path)
+    base = ["register", "--model", str(tmp_path / "model.pt"), "--pairs", str(tmp_path / "pairs.csv"), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "gz")]) == 1
+    assert main(base + ["--out", str(tmp_path / "nii"), "--output-ext", ".nii"]) == 1
+    name = "0001_s0_to_s1"
+    for kind in ("moved", "warp", "moved_seg"):
+        plain = tmp_path / "nii" / f"{name}_{kind}.nii"
+        assert plain.read_bytes()[:2] != b"\x1f\x8b" and not (tmp_path / "nii" / f"{name}_{kind}.nii.gz").exists()
+        assert gzip.decompress((tmp_path / "gz" / f"{name}_{kind}.nii.gz").read_bytes()) == plain.read_bytes()
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "nii"), "--output-ext", ".nii", "--resume"]) == 1
+    assert "0 registered, 4 already done, 1 failed" in capsys.readouterr().out
+    assert main(["register", "--model", str(tmp_path / "model.pt"), "--moving", str(tmp_path / "s0.nii.gz"), "--fixed",
+                 str(tmp_path / "s1.nii.gz"), "--moved", str(tmp_path / "m.nii"), "--output-ext", ".nii"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--output-ext" in err[0] and not (tmp_path / "m.nii").exists()

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         normalise_arg(args.normalise, load_network(args.model, "cpu"))
         if args.affine_model:
             load_network(args.affine_model, "cpu", "--affine-model")
-    jobs = cohort_jobs(rows, out, spec, formats, matrix=matrix)
+    jobs = cohort_jobs(rows, out, spec, formats, matrix=matrix, extension=args.output_ext or ".nii.gz")
     summary = register_cohort(jobs, out, runner, batch_size=args.batch_size, resume=args.resume,
                               report=lambda line: note("register", line))
     rate = (summary.done / summary.seconds) * 3600 if summary.seconds > 0 else float("nan")

@@ -57,6 +57,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
                         "_warp.nii.gz, _moved_seg.nii.gz, _matrix.txt (affine); statuses in --out/cohort.csv")
     p.add_argument("--out", default=None, help="cohort output folder (with --pairs)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="cohort: pairs per network pass")
+    p.add_argument("--output-ext", choices=[".nii.gz", ".nii"], default=None,
+                   help="cohort: extension of the moved images, warps and moved labels in --out (default .nii.gz; "
+                        ".nii writes them uncompressed: larger files, faster to write and to read)")
     p.add_argument("--resume", action="store_true",
                    help="cohort: continue the run in --out (same method and output settings, checked against its "
                         "cohort.json), skipping rows whose outputs exist; without it --out must be new or empty")
@@ -230,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
         if args.uncertainty:
             raise UserError("--uncertainty is written for one pair (--moving/--fixed), not a --pairs cohort")
         return run_cohort(args)
+    if args.output_ext:
+        raise UserError(f"--output-ext {args.output_ext} names the files of a --pairs cohort; with one pair, end "
+                        "--moved/--warp/--moved-seg with the extension you want (.nii: uncompressed)")
     method = _method(args)
     _check_method_flags(args, method)
     labels = label_table(args.labels)  # a bad --labels fails before any work

@@ -3,7 +3,8 @@
 Each row ``moving,fixed[,moving_seg,fixed_seg][,name]`` (paths relative to the CSV's folder)
 gives ``OUT/<name>_moved.nii.gz`` and ``OUT/<name>_warp.nii.gz`` (plus ``_moved_seg.nii.gz``
 with moving labels, ``_matrix.txt`` for affine alignment), ``<name>`` = the ``name`` cell, or
-``<row>_<moving>_to_<fixed>``. Each row is one :class:`~morphreg.workflows.jobs.PairJob`; the
+``<row>_<moving>_to_<fixed>``; ``extension=".nii"`` writes the images uncompressed (no gzip:
+larger files, faster to write and read). Each row is one :class:`~morphreg.workflows.jobs.PairJob`; the
 rows run on :mod:`morphreg.workflows.runner` (networks: a batch of rows per network pass).
 The run's settings go to ``OUT/cohort.json`` first; ``resume`` continues a run with the same
 settings (``OUT`` must be new or empty otherwise) and skips rows whose outputs all exist. A row
@@ -36,6 +37,8 @@ SETTINGS = "cohort.json"
 #: The longest file name most file systems take (bytes).
 NAME_MAX = 255
 MATRIX_SUFFIX = {"ras": ".txt", "itk": ".tfm", "fsl": ".mat", "lta": ".lta"}
+#: Extensions of a cohort's images and fields: gzip-compressed NIfTI (the default) or plain NIfTI.
+OUTPUT_EXTENSIONS = (".nii.gz", ".nii")
 
 
 @dataclass
@@ -134,20 +137,30 @@ def _check_some_row_runs(path: Path, rows: list[CohortRow]) -> None:
                      f"image (line 2: {key} {problem}); paths are relative to the CSV's folder")
 
 
-def output_paths(out: Path, name: str, *, matrix_format: str | None = None) -> OutputPaths:
-    """The files of row ``name`` in ``out`` (a matrix when ``matrix_format`` is given)."""
+def _check_extension(extension: str) -> None:
+    if extension not in OUTPUT_EXTENSIONS:
+        raise ValueError(f"`extension` must be one of {', '.join(OUTPUT_EXTENSIONS)}, got {extension!r}")
+
+
+def output_paths(out: Path, name: str, *, matrix_format: str | None = None, extension: str = ".nii.gz") -> OutputPaths:
+    """The files of row ``name`` in ``out`` (a matrix when ``matrix_format`` is given; images and
+    fields ending in ``extension``, one of :data:`OUTPUT_EXTENSIONS`)."""
+    _check_extension(extension)
     matrix = out / f"{name}_matrix{MATRIX_SUFFIX[matrix_format]}" if matrix_format else None
-    return OutputPaths(out / f"{name}_moved.nii.gz", out / f"{name}_warp.nii.gz", out / f"{name}_moved_seg.nii.gz",
-                       matrix)
+    return OutputPaths(out / f"{name}_moved{extension}", out / f"{name}_warp{extension}",
+                       out / f"{name}_moved_seg{extension}", matrix)
 
 
 def cohort_jobs(rows: list[CohortRow], out: str | Path, spec: RegistrationSpec,
-                formats: OutputFormats | None = None, *, matrix: bool = False) -> list[PairJob]:
-    """One :class:`PairJob` per row, writing into ``out`` (``matrix``: also the affine matrix).
+                formats: OutputFormats | None = None, *, matrix: bool = False,
+                extension: str = ".nii.gz") -> list[PairJob]:
+    """One :class:`PairJob` per row, writing into ``out`` (``matrix``: also the affine matrix;
+    ``extension``: ``.nii.gz`` or ``.nii`` images and fields, see :func:`output_paths`).
 
     Raises:
-        ValueError: a row's output is one of the rows' inputs.
+        ValueError: a row's output is one of the rows' inputs; an unknown ``extension``.
     """
+    _check_extension(extension)
     out = Path(out)
     formats = formats or OutputFormats()
     real = _real_paths()
@@ -155,7 +168,8 @@ def cohort_jobs(rows: list[CohortRow], out: str | Path, spec: RegistrationSpec,
     jobs = []
     names = tuple((k, k) for k in COLUMNS)
     for row in rows:
-        paths = output_paths(out, row.name, matrix_format=formats.matrix_format if matrix else None)
+        paths = output_paths(out, row.name, matrix_format=formats.matrix_format if matrix else None,
+                             extension=extension)
         if "moving_seg" not in row.paths:
             paths = replace(paths, moved_seg=None)
         for target in (paths.moved, paths.warp, paths.moved_seg, paths.matrix):

@@ -21,7 +21,8 @@ The API is small::
 Faults: a worker lost mid-task has its task rerun elsewhere by Dask, at most
 ``allowed_failures`` times (then its rows are reported as failed); the jobs never raise for
 their own failures (:func:`morphreg.workflows.jobs.run_pair_job`), so a bad row is reported
-once and never retried. Networks run a batch of rows per task (one forward pass).
+once and never retried. Networks run a batch of rows per task (one forward pass); in this
+process the batches are pipelined (:func:`morphreg.workflows.jobs.run_network_tasks`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._limits import format_bytes, memory_limit
-from .jobs import JobStatus, estimated_memory, first_line, run_batch
+from .jobs import JobStatus, estimated_memory, first_line, network_batch, run_batch, run_network_tasks
 
 #: Environment variable naming the Dask scheduler when ``Runner.scheduler`` is not given.
 SCHEDULER_ENV = "MORPHREG_SCHEDULER"
@@ -151,14 +152,30 @@ def plan_local(runner: Runner, tasks: int, memory_per_task: int, *, n_cores: int
                 f"{where}, {threads} thread(s) each ({'; '.join(why)})")
 
 
-def _run_task(task: Sequence[Any], threads: int | None, resume: bool) -> list[JobStatus]:
-    """What a worker runs: a batch of jobs with ``threads`` torch threads."""
+def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def _run_task(task: Sequence[Any], threads: int | None, resume: bool) -> list[JobStatus]:
+    """What a worker runs: a batch of jobs with ``threads`` torch threads."""
+    _set_threads(threads)
     return run_batch(task, resume)
+
+
+def _run_in_process(tasks: list[list[Any]], threads: int | None, record: Callable[[JobStatus], None]) -> None:
+    """Every task here: network batches pipelined (:func:`~.jobs.run_network_tasks`: the next batch
+    read and the last one written while one goes through the network), other tasks one by one."""
+    _set_threads(threads)
+    if tasks and all(network_batch(task) for task in tasks):
+        run_network_tasks(tasks, on_status=record)
+        return
+    for task in tasks:
+        for status in run_batch(task, False):
+            record(status)
 
 
 def _call(function: Callable[[Any], Any], item: Any, threads: int | None) -> Any:
@@ -243,9 +260,7 @@ class Engine:
 
         try:
             if self.client is None:
-                for task in tasks:
-                    for status in _run_task(task, self._threads(), False):
-                        record(status)
+                _run_in_process(tasks, self._threads(), record)
             else:
                 self._run_distributed(tasks, record)
         finally:
