@@ -19,19 +19,26 @@ def _slow_path_ops(call) -> set[str]:
 
 @pytest.mark.parametrize("shape", [(1, 32, 12, 14, 16), (1, 16, 16, 16, 16), (1, 32, 16, 18)])
 def test_small_convolutions_call_onednn_with_the_same_values_and_gradients(shape):
-    """Where PyTorch would take its generic im2col path (slower there), convolve calls oneDNN: same result."""
+    """Where PyTorch would take its generic im2col path (slower there), convolve calls oneDNN: same result.
+
+    3D with and without autograd; 2D in inference only (its forward + backward was no faster).
+    """
     torch.manual_seed(0)
     ndim = len(shape) - 2
     fmt = dispatch.channels_last(ndim)
-    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(True)
-    w = torch.randn(8, shape[1], *[3] * ndim).contiguous(memory_format=fmt).requires_grad_(True)
-    b = torch.randn(8, requires_grad=True)
-    assert dispatch._direct_onednn(x, w, (1,) * ndim, (1,) * ndim, 1)
-    assert _slow_path_ops(lambda: dispatch.convolve(x, w, b, padding=1)) == set()
-    assert _slow_path_ops(lambda: getattr(F, f"conv{ndim}d")(x, w, b, padding=1))  # what it replaces
-    got = dispatch.convolve(x, w, b, padding=1)
-    expected = getattr(F, f"conv{ndim}d")(x, w, b, padding=1)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    w = torch.randn(8, shape[1], *[3] * ndim).contiguous(memory_format=fmt)
+    b = torch.randn(8)
+    conv = getattr(F, f"conv{ndim}d")
+    with torch.inference_mode():
+        assert _slow_path_ops(lambda: dispatch.convolve(x, w, b, padding=1)) == set()
+        assert _slow_path_ops(lambda: conv(x, w, b, padding=1))  # what it replaces
+        torch.testing.assert_close(dispatch.convolve(x, w, b, padding=1), conv(x, w, b, padding=1),
+                                   atol=1e-4, rtol=1e-5)
+    x, w, b = (t.clone().requires_grad_(True) for t in (x, w, b))
+    routed = _slow_path_ops(lambda: dispatch.convolve(x, w, b, padding=1)) == set()
+    assert routed == (ndim == 3)
+    got, expected = dispatch.convolve(x, w, b, padding=1), conv(x, w, b, padding=1)
     target = torch.randn_like(expected)
     grads = torch.autograd.grad((got * target).sum(), [x, w, b])
     grads_expected = torch.autograd.grad((expected * target).sum(), [x, w, b])

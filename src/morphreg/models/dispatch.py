@@ -4,24 +4,29 @@ The one place these choices are made; each rests on a measurement named here
 (``python -m benchmarks.speed.bench_forward_load --write``, section "Choices", writes them to
 ``docs/results/forward_load.md``; CPU only, float32, batch 1).
 
-* **Layout**: channels-last weights and activations (:func:`memory_format`). On the CPUs
-  measured (AVX-512, and the same CPU with oneDNN capped at AVX2), the whole VxmDense forward
-  was 1.2-2.3x faster channels-last than contiguous in 2D (32^2 to 256^2) and 1.0-1.45x in 3D
-  (32^3 to 96 x 112 x 128), never slower.
+* **Layout**: channels-last weights and activations (:func:`memory_format`). On the CPU measured
+  (AVX-512, and the same CPU with oneDNN capped at AVX2), the whole VxmDense forward was about 2x
+  faster channels-last than contiguous in 2D (64^2 to 256^2) and 1.6-1.9x in 3D (32^3 to
+  96 x 112 x 128), never slower.
 * **Convolution implementation** (:func:`convolve`, :class:`Conv2d`, :class:`Conv3d`). PyTorch
   sends a batch-1 3^n float32 convolution whose ``B * C * D1 * D2`` (the first four sizes) is at
   most 20480 to its generic im2col path instead of oneDNN. In 3D that rule catches every coarse
   U-Net level (32 channels at 12 x 14 x 16) and whole small volumes (16 channels at 32^3), where
-  the generic path was 4-17x slower forward and 1.2-1.5x slower forward + backward; in 2D it is
-  slower from about 7000 input elements (32 channels at 14 x 16) and faster below about 4000.
-  Such convolutions call oneDNN directly (``torch.mkldnn_convolution``, the op PyTorch's own
-  dispatch would call, with its autograd formula); PyTorch's choice stands everywhere else
-  (other devices and dtypes, autocast, batches > 1, where oneDNN is unavailable or disabled).
+  the generic path was 2-12x slower forward and 1.1-1.4x slower forward + backward. In 2D its
+  forward is slower from about 7000 input elements (32 channels at 14 x 16) and faster below
+  about 4000, and its forward + backward about as fast (0.8-1.05x). So such 3D convolutions, and
+  such 2D ones of more than :data:`GENERIC_2D_MAX` elements without autograd, call oneDNN
+  directly (``torch.mkldnn_convolution``, the op PyTorch's own dispatch calls for larger inputs,
+  with its autograd formula); PyTorch's choice stands everywhere else (other devices and dtypes,
+  autocast, batches > 1, other kernels and strides, where oneDNN is unavailable or disabled).
 * **Decoder path** (:func:`upsample_first`): a convolution after a nearest upsampling is computed
   at low resolution (:func:`morphreg.models.upsample_conv.conv_upsampled`) except at 2D levels
   whose skip input has at most :data:`SMALL_2D` elements, where upsampling first was faster
-  (1.3x at 10 x 12 low-resolution voxels; the low-resolution path wins from 15 x 18 and in 3D at
-  every size).
+  (about 1.2x up to 10 x 12 low-resolution voxels; the low-resolution path wins from 15 x 18,
+  and in 3D at every size).
+
+The OpenMP wait policy, a process-wide choice made before torch is imported, is in
+:mod:`morphreg._threads`.
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ def _direct_onednn(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...
         return False
     if tuple(weight.shape[2:]) != (3,) * ndim or math.prod(x.shape[:4]) > TORCH_SMALL_CONV:
         return False  # PyTorch picks oneDNN itself (or another kernel size: not measured)
-    if ndim == 2 and x.numel() <= GENERIC_2D_MAX:
-        return False
+    if ndim == 2 and (x.numel() <= GENERIC_2D_MAX or (torch.is_grad_enabled() and (x.requires_grad or
+                                                                                 weight.requires_grad))):
+        return False  # 2D: tiny inputs, and training (forward + backward measured no faster)
     if torch.is_autocast_enabled("cpu") or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     return True
