@@ -17,7 +17,7 @@ ROOT = Path(morphreg.__file__).parent
 
 #: Lowest first. A new top-level module or package must be placed here.
 LAYERS = [
-    {"_allocator", "_checks", "_limits", "_files"},
+    {"_allocator", "_checks", "_limits", "_files", "_threads"},
     {"spatial", "losses", "metrics", "geometry", "inverse"},
     {"io", "data"},
     {"models", "optimize"},

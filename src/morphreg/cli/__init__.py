@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from .._allocator import reuse_freed_memory
+from .._threads import wait_passively_if_busy
 from . import demo, evaluate, models, register, segment, template, train, warp
 from ._common import DefaultsFormatter, Parser, UsageError, UserError, flag_names
 
@@ -99,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run: Callable[[argparse.Namespace], int] = COMMANDS[args.command].run
     reuse_freed_memory()
+    wait_passively_if_busy()  # before torch is imported (libgomp reads its environment once)
     code = 1
     try:
         code = run(args)

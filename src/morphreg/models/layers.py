@@ -9,12 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import spatial
-from .upsample_conv import channels_last, conv_upsampled  # noqa: F401  (channels_last: re-exported)
-
-
-def conv_class(ndim: int) -> type[nn.Module]:
-    """``nn.Conv2d`` or ``nn.Conv3d`` for ``ndim`` spatial dimensions."""
-    return getattr(nn, f"Conv{ndim}d")
+from .dispatch import channels_last, conv_class, upsample_first  # noqa: F401  (channels_last, conv_class: re-exported)
+from .upsample_conv import conv_upsampled
 
 
 class ConvBlock(nn.Sequential):
@@ -69,8 +65,9 @@ class UNet(nn.Module):
             self.remaining.append(ConvBlock(ndim, prev, nf))
             prev = nf
         self.out_channels = prev
-        #: Compute each convolution after an upsampling at low resolution (the default; exact up to
-        #: rounding). ``False`` upsamples then convolves, as the paper writes it (kept for benchmarks).
+        #: Compute each convolution after an upsampling at low resolution where that is faster (the
+        #: default, :func:`morphreg.models.dispatch.upsample_first`; exact up to rounding). ``False``
+        #: always upsamples then convolves, as the paper writes it (kept for benchmarks).
         self.upsample_at_low_resolution = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +77,8 @@ class UNet(nn.Module):
         """The U-Net with ``finish(block, conv_output)`` after each block's convolution (activation, FiLM...).
 
         A convolution that follows an upsampling is computed at low resolution
-        (:func:`~morphreg.models.upsample_conv.conv_upsampled`; the same weights and result).
+        (:func:`~morphreg.models.upsample_conv.conv_upsampled`; the same weights and result) except
+        where :func:`~morphreg.models.dispatch.upsample_first` says upsampling first is faster.
         """
         skips = []
         for block in self.encoder:
@@ -91,7 +89,7 @@ class UNet(nn.Module):
         for block in [*self.decoder, *self.remaining]:
             if skip is None:
                 conv_out = block[0](x)
-            elif self.upsample_at_low_resolution:
+            elif self.upsample_at_low_resolution and not upsample_first(skip):
                 conv_out = conv_upsampled(block[0], x, skip)
             else:
                 conv_out = block[0](torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip], dim=1))

@@ -26,16 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dispatch import channels_last, convolve
+
+__all__ = ["channels_last", "conv_upsampled", "transposed_kernel"]
+
 #: ``_TAPS[k]``: transposed-convolution tap ``k`` of one axis as a sum of the 3 original taps.
 _TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 #: ``einsum`` equations contracting each 3-tap axis with ``_TAPS``: ``(O, C, 3^n)`` -> ``(C, O, 4^n)``.
 _EQUATIONS = {2: "ocKL,XK,YL->coXY", 3: "ocKLM,XK,YL,ZM->coXYZ"}
-
-
-def channels_last(ndim: int) -> torch.memory_format:
-    """The channels-last memory format for ``ndim`` spatial dimensions."""
-    return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
 def transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -62,7 +61,7 @@ def conv_upsampled(conv: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> to
     """
     ndim = low.dim() - 2
     kernel, skip_weight = _split_weights(conv, low.shape[1])
-    out = getattr(F, f"conv{ndim}d")(skip, skip_weight, conv.bias, padding=1)
+    out = convolve(skip, skip_weight, conv.bias, padding=1)
     return out.add_(getattr(F, f"conv_transpose{ndim}d")(low, kernel.to(out.dtype), stride=2, padding=1))
 
 

@@ -11,7 +11,8 @@ from torch import nn
 from .. import spatial
 from .._checks import check_choice, check_pair, check_positive_int
 from .checkpoint import SavableModel
-from .layers import UNet, channels_last, check_levels, conv_class, crop_to, pad_to_multiple
+from .dispatch import memory_format
+from .layers import UNet, check_levels, conv_class, crop_to, pad_to_multiple
 
 #: Arithmetic of the U-Net at inference (:meth:`VxmDense.set_precision`).
 PRECISIONS = ("float32", "bf16")
@@ -105,9 +106,8 @@ class VxmDense(SavableModel):
         if not self.flow.weight.is_meta:  # a meta skeleton (checkpoint checks) holds no values to draw
             nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.flow.bias)
-        # channels-last weights and activations: oneDNN's fast convolution layout on CPUs
-        # (1.2-1.4x faster inference, measured in benchmarks/bench_speed.py)
-        self.memory_format = channels_last(ndim)
+        # the layout of weights and activations: chosen in morphreg.models.dispatch (channels-last)
+        self.memory_format = memory_format(ndim)
         self.unet.to(memory_format=self.memory_format)
         self.flow.to(memory_format=self.memory_format)
         #: ``"float32"`` or ``"bf16"``: the U-Net's arithmetic (see :meth:`set_precision`)
