@@ -174,6 +174,57 @@ CARDS = {
     },
 }
 
+#: The brain2d shipped until 2026-12-07 (VxmDense), kept under a versioned name.
+CARDS["brain2d-v1"] = {
+    **CARDS["brain2d"],
+    "title": "brain2d v1 (shipped until 2026-12-07): diffeomorphic semi-supervised VoxelMorph for 2D T1 brain "
+             "slices (OASIS)",
+    "usage": ["morphreg register --model brain2d-v1 --moving M.nii.gz --fixed F.nii.gz --moved OUT.nii.gz",
+              "python: morphreg.register(moving, fixed, model='brain2d-v1')",
+              "The same weights as brain2d before 2026-12-07 (sha256 on this card); 3x faster than today's "
+              "brain2d (one U-Net instead of three), 0.016 lower seg24 Dice."],
+}
+CARDS["brain2d-v1"]["training_command"] = [line.replace("zoo_train.sh brain2d ", "zoo_train.sh brain2d-v1 ")
+                                           for line in CARDS["brain2d"]["training_command"]]
+
+#: Since 2026-12-07: the lecture study's best family (docs/results/lecture.md), a 3-stage recursive cascade.
+CARDS["brain2d"] = {
+    **CARDS["brain2d-v1"],
+    "training_time": "18.6 min wall (553 CPU s), 1 CPU thread, nice 5, load average 4-8 on 2 cores",
+    "title": "3-stage recursive cascade of diffeomorphic semi-supervised VoxelMorph U-Nets for 2D T1 brain slices "
+             "(OASIS)",
+    "architecture": ("CascadeVxm (Zhao et al. 2019, recursive cascade): 3 VxmDense stages (each the paper's U-Net, "
+                     "enc 16,32,32,32, dec 32,32,32,32,32,16,16, stationary velocity integrated by 7 "
+                     "scaling-and-squaring steps at 1/2 resolution); stage k registers the image warped by stages "
+                     "1..k-1 and the fields are composed into one displacement. One call registers a pair."),
+    "training": [
+        "Loss: local NCC (window 9) + lambda=1.0 x gradient of each stage's velocity + 2 x Dice on the warped seg24",
+        "label maps of the training subjects (labels used in training only; registration needs none).",
+        "Adam, lr 1e-3 with a cosine schedule over 4000 steps, batch 1, random inter-subject pairs, seed 0, one",
+        "CPU thread. Why this family: the lecture study (docs/results/lecture.md) trained every family on the",
+        "same data at a small equal budget and scored them on the 128 test pairs below; the 3-stage cascade",
+        "(lambda 0.5, 3300 steps) led (0.803 vs brain2d v1's 0.788) but folded 0.0165 % of voxels, above the",
+        "0.01 % target, so lambda was raised to 1.0 before this run (chosen before it, not on the test pairs).",
+        "Because the family was chosen on these 128 pairs, its number below is slightly optimistic; subjects",
+        "outside the shared set are the unbiased check. Kept: the best validation Dice (32 validation pairs,",
+        "every 500 steps): step 3500, 0.7963.",
+    ],
+    "training_command": [
+        "python -m benchmarks.oasis_study.prepare_oasis2d --work W   # NIfTI export, split of the study",
+        "bash benchmarks/zoo/zoo_train.sh brain2d            # the command below, then zoo_cards.py",
+        "morphreg train --data W/oasis2d/train/img --segs W/oasis2d/train/seg24 --model cascade --stages 3 \\",
+        "  --loss ncc --lambda 1.0 --seg-weight 2 --int-steps 7 --int-downsize 2 --lr 1e-3 --lr-schedule cosine \\",
+        "  --normalise percentile --threads 1 --seed 0 --val-every 500 --val-pairs 32 --checkpoint-every 250 \\",
+        "  --steps 4000 --max-minutes 38 --out RUN",
+    ],
+    "usage": ["morphreg register --model brain2d --moving M.nii.gz --fixed F.nii.gz --moved OUT.nii.gz "
+              "--warp W.nii.gz",
+              "python: morphreg.register(moving, fixed, model='brain2d')",
+              "The previous, 3x faster VxmDense: --model brain2d-v1"],
+    "citation": ("Zhao et al., 'Recursive cascaded networks for unsupervised medical image registration', ICCV "
+                 "2019. " + VXM_CITATION),
+}
+
 CARDS["brain2d-hyper-mse"] = {
     **CARDS["brain2d-hyper"],
     "title": "HyperMorph twin of brain2d with the MSE loss: any smoothness lambda in [0.0005, 0.2]",
