@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import md_table
-from benchmarks.speed.bench_core import conv_flops, param_count, smooth_pair
+from benchmarks.speed.bench_core import as_written, conv_flops, param_count, smooth_pair
 
 ENC = (16, 32, 32, 32)
 DEC = (32, 32, 32, 32, 32, 16, 16)
@@ -251,7 +251,7 @@ def conv_sequence(c: Contender, m: torch.Tensor, f: torch.Tensor) -> list[nn.Mod
         for mod in c.model.modules()
         if isinstance(mod, (nn.Conv2d, nn.Conv3d))
     ]
-    with torch.inference_mode():
+    with torch.inference_mode(), as_written(c.model):  # every conv module runs (the low-res decoder path skips them)
         c.field_of(m, f)
     for h in handles:
         h.remove()
