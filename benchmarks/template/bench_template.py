@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, WORK, load_average, md_table, oasis2d_npz, oasis3d_dir
+from benchmarks.common import RESULTS, WORK, load_average, md_table, oasis2d_npz, oasis3d_dir, write_text
 from benchmarks.oasis_study.prepare_oasis2d import AFFINE, N_TRAIN
 from morphreg import io, metrics, spatial
 from morphreg.cli import main as morphreg
@@ -165,6 +165,20 @@ def _log_table(text: str) -> str:
     return md_table(keep, [[row[i] for i in index] for row in rows[1:]])
 
 
+def _cost_note(two: dict) -> list[str]:
+    """Seconds per registration: the affine-only stage of the build against the dense-only segment runs."""
+    rows = [line.split(",") for line in two["log_csv"].strip().splitlines()]
+    col = rows[0].index("registration_seconds") if "registration_seconds" in rows[0] else rows[0].index("seconds")
+    affine = [float(r[col]) for r in rows[1:] if r[1] == "affine"]
+    dense = [v["wall_s"] / two["n_test"] for v in two["segment"].values()]
+    if not affine:
+        return []
+    per_affine = affine[0] / two["n_template"]
+    return [f"Cost per registration (same 160 x 192 slices, 1 thread): the build's affine-only stage took "
+            f"{per_affine:.2f} s per subject, while `segment --method dense` (dense only, no affine) took "
+            f"{min(dense):.2f}-{max(dense):.2f} s per image, so most of the build's time is its affine stage.", ""]
+
+
 def report() -> None:
     two = json.loads((OUT / "oasis2d.json").read_text())
     seg = two["segment"]
@@ -179,12 +193,18 @@ def report() -> None:
     rows.append([f"one raw subject, all {len(raw_keys)} pooled", f"{statistics.fmean(pooled):.4f} ± "
                  f"{statistics.stdev(pooled):.4f}", "", ""])
     wins = sum(t > max(seg[k]["dice"][i] for k in raw_keys) for i, t in enumerate(seg["template"]["dice"]))
+    mean_raw = [statistics.fmean(seg[k]["dice"][i] for k in raw_keys) for i in range(len(tpl["dice"]))]
+    gains = [t - r for t, r in zip(tpl["dice"], mean_raw)]
+    beats_mean = sum(g > 0 for g in gains)
     build = two["build"]
     lines = [
         "# Population templates: `morphreg template`",
         "",
-        "Written by `python -m benchmarks.template.bench_template report` from the JSON files of "
-        "`bench_template 2d` and `bench_template 3d` (same script; see its docstring for every setting).",
+        "Written by `python -m benchmarks.template.bench_template report` (`benchmarks/template/bench_template.py`) "
+        "from the JSON files of `bench_template 2d` and `bench_template 3d` (same script; see its docstring for "
+        "every setting). Every morphreg command runs in the script's process through `morphreg.cli.main`, as typed "
+        "by a user. **The 2-core machine was shared and heavily loaded** by other jobs while these ran (load "
+        "averages below), so the times are upper bounds; the Dice values do not depend on the load.",
         "",
         "## OASIS 2D: a template as the atlas of `morphreg segment`, against one raw subject",
         "",
@@ -200,7 +220,9 @@ def report() -> None:
         "",
         f"The template beats the best single raw atlas on {wins} of {two['n_test']} test subjects (per subject, "
         f"against the best of the {len(raw_keys)} raw atlases for that subject). Mean of the raw atlases' means: "
-        f"{statistics.fmean(raw_means):.4f} (best {max(raw_means):.4f}).",
+        f"{statistics.fmean(raw_means):.4f} (best {max(raw_means):.4f}). Per test subject, template minus the mean "
+        f"of the raw atlases: {statistics.fmean(gains):+.4f} ± {statistics.stdev(gains):.4f} (positive for "
+        f"{beats_mean} of {len(gains)} subjects).",
         "",
         f"Build time: {build['wall_s']:.0f} s wall, {build['cpu_s']:.0f} s CPU (1 torch thread, in one process; "
         f"load average {build['load_before']} before, {build['load_after']} after; {two['cpus']} cores shared "
@@ -209,6 +231,7 @@ def report() -> None:
         "",
         _log_table(two["log_csv"]),
         "",
+        *_cost_note(two),
         f"![the 2D template after each iteration]({FIGURE_2D.name})",
         "",
     ]
@@ -232,7 +255,7 @@ def report() -> None:
             f"![the 3D template after each iteration]({FIGURE_3D.name})",
             "",
         ]
-    PAGE.write_text("\n".join(lines))
+    write_text(PAGE, "\n".join(lines))
     print(f"wrote {PAGE}")
 
 
