@@ -51,6 +51,7 @@ def test_pytorch_keeps_its_choice_elsewhere():
     w3, w2 = torch.randn(4, 32, 3, 3, 3), torch.randn(4, 32, 3, 3)
     ones = (1, 1, 1)
     assert not dispatch._direct_onednn(torch.randn(1, 32, 10, 12), w2, (1, 1), (1, 1), 1)  # measured faster there
+    assert not dispatch._direct_onednn(torch.randn(1, 32, 14, 16), w2, (1, 1), (1, 1), 1)  # as fast there
     assert not dispatch._direct_onednn(torch.randn(2, 32, 6, 7, 8), w3, ones, ones, 1)
     assert not dispatch._direct_onednn(torch.randn(1, 32, 6, 7, 8).double(), w3.double(), ones, ones, 1)
     assert not dispatch._direct_onednn(torch.randn(1, 32, 6, 7, 8), w3, (2, 2, 2), ones, 1)

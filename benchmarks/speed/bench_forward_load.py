@@ -209,8 +209,8 @@ def policy_section(shape: tuple[int, ...], busy_levels: list[int], rounds: int, 
 
 
 def _ms(seconds: float) -> str:
-    """Three significant digits in ms (the choices' timings reach tens of microseconds)."""
-    return f"{seconds * 1e3:.3g} ms"
+    """Three significant digits (the choices' timings reach tens of microseconds)."""
+    return common.fmt_s(seconds) if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
 def choices_section(rounds: int) -> list[str]:
