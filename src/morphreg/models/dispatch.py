@@ -6,25 +6,26 @@ The one place these choices are made; each rests on a measurement named here
 
 * **Layout**: channels-last weights and activations (:func:`memory_format`). On the CPU measured
   (AVX-512, and the same CPU with oneDNN capped at AVX2), the whole VxmDense forward was
-  1.8-2.1x faster channels-last than contiguous in 2D (64^2 to 256^2) and 1.3-2.0x in 3D (32^3 to
-  96 x 112 x 128), never slower.
+  1.75-2.1x faster channels-last than contiguous in 2D (64^2 to 256^2) and 1.55-1.9x in 3D (32^3
+  to 96 x 112 x 128), never slower.
 * **Convolution implementation** (:func:`convolve`, :class:`Conv2d`, :class:`Conv3d`). PyTorch
   sends a batch-1 3^n float32 convolution whose ``B * C * D1 * D2`` (the first four sizes) is at
   most 20480 to its generic im2col path instead of oneDNN. In 3D that rule catches every coarse
   U-Net level (32 channels at 12 x 14 x 16) and whole small volumes (16 channels at 32^3), where
-  the generic path was 2.4-14x slower forward and 1.2-1.6x slower forward + backward. In 2D its
-  forward was 1.2-1.7x slower at 15360 input elements (32 channels at 20 x 24), about as fast at
-  7168 (0.9-1.1x) and faster at 3840 (0.7x), and its forward + backward about as fast (0.8-1.0x).
-  So such 3D convolutions, and such 2D ones of more than :data:`GENERIC_2D_MAX` elements without
-  autograd, call oneDNN directly (``torch.mkldnn_convolution``, the op PyTorch's own dispatch
-  calls for larger inputs, with its autograd formula); PyTorch's choice stands everywhere else
-  (other devices and dtypes, autocast, batches > 1, other kernels and strides, where oneDNN is
-  unavailable or disabled).
+  the generic path was 2.5-13x slower forward and 1.2-1.5x slower forward + backward. In 2D its
+  forward was 1.2-1.8x slower at 15360 input elements (32 channels at 20 x 24), about as fast at
+  7168 (0.96-1.24x) and faster at 3840 (0.7-0.9x), and its forward + backward about as fast
+  (0.86-1.09x). So such 3D convolutions, and such 2D ones of more than :data:`GENERIC_2D_MAX`
+  elements without autograd, call oneDNN directly (``torch.mkldnn_convolution``, the op PyTorch's
+  own dispatch calls for larger inputs, with its autograd formula); PyTorch's choice stands
+  everywhere else (other devices and dtypes, autocast, batches > 1, other kernels and strides,
+  where oneDNN is unavailable or disabled).
 * **Decoder path** (:func:`upsample_first`): a convolution after a nearest upsampling is computed
   at low resolution (:func:`morphreg.models.upsample_conv.conv_upsampled`) except at 2D levels
-  whose skip input has at most :data:`SMALL_2D` elements, where upsampling first was as fast or
-  faster (1.04-1.35x up to 10 x 12 low-resolution voxels); the low-resolution path was faster
-  from 20 x 24 (1.1-1.35x) and in 3D from 6 x 7 x 8 (1.1-1.5x; a tie at 3 x 4 x 4).
+  whose skip input has at most :data:`SMALL_2D` elements: there upsampling first was faster at
+  5 x 6 low-resolution voxels (1.15x) and about as fast at 10 x 12 (0.94-1.07x), while the
+  low-resolution path was faster from 15 x 18 (1.1-1.2x) and in 3D from 6 x 7 x 8 (1.3-1.5x; a tie
+  at 3 x 4 x 4). A whole 2D forward at 160 x 192 moves within noise either way.
 
 The OpenMP wait policy, a process-wide choice made before torch is imported, is in
 :mod:`morphreg._threads`.
